@@ -1,0 +1,655 @@
+"""A phone bridge: a Twilio call talks to an OpenAI Realtime voice agent.
+
+Twilio dials in to POST /incoming, we answer with TwiML that opens a Media
+Stream (a WebSocket of 20 ms mu-law frames) to /media, and for each call we
+open one OpenAI Realtime WebSocket. Two tasks pump the two directions. Both
+sides speak G.711 mu-law at 8 kHz, so audio passes through untouched.
+
+The part the popular samples get wrong is barge-in: the model generates audio
+much faster than the caller hears it. When the caller interrupts, we must tell
+the model how much of its reply was *heard*, not how much was sent, or it will
+believe it said things the caller never heard. We learn what was heard from
+Twilio's marks and stream clock (see `Call.interrupt`).
+
+Run it:  OPENAI_API_KEY=sk-... python bridge.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+from xml.sax.saxutils import quoteattr
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger("bridge")
+
+# ----------------------------------------------------------------------------
+# Configuration
+
+DEFAULT_INSTRUCTIONS = (
+    "You are the friendly receptionist of a small business, answering the phone. "
+    "Greet the caller warmly and ask how you can help. Keep every reply short: one "
+    "or two spoken sentences. When the caller is done, say goodbye, then call end_call."
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    openai_api_key: str
+    openai_url: str = "wss://api.openai.com/v1/realtime"
+    model: str = "gpt-realtime-2.1"
+    port: int = 8080
+    public_url: str = ""  # the https address Twilio calls; else the Host header
+    twilio_auth_token: str = ""  # set: every request must carry Twilio's signature
+    voice: str = "marin"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    transcript_dir: str = ""  # set: one JSON Lines transcript per call
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Config:
+        public_url = env.get("PUBLIC_URL", "").rstrip("/")
+        if public_url and "://" not in public_url:
+            public_url = "https://" + public_url
+        return cls(
+            openai_api_key=env.get("OPENAI_API_KEY", ""),
+            openai_url=env.get("OPENAI_REALTIME_URL", cls.openai_url),
+            model=env.get("OPENAI_MODEL", cls.model),
+            port=int(env.get("PORT", cls.port)),
+            public_url=public_url,
+            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", ""),
+            voice=env.get("VOICE", cls.voice),
+            instructions=env.get("INSTRUCTIONS", cls.instructions),
+            transcript_dir=env.get("TRANSCRIPT_DIR", ""),
+        )
+
+
+MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
+CONNECT_TIMEOUT = 10.0  # seconds for the OpenAI handshake, and for Twilio's `start`
+TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
+GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
+# A renewed session is told the last REPLAY_TURNS turns: recent turns hold what
+# matters (names, what was agreed), and every replayed word is paid for again as
+# input on each later response.
+REPLAY_TURNS = 40
+
+# ----------------------------------------------------------------------------
+# Tools: a Python function (plain or async) and a JSON Schema of its arguments.
+
+TOOLS: dict[str, tuple[Callable, dict]] = {}  # name -> (function, declaration)
+
+
+def tool(description: str, parameters: dict) -> Callable:
+    """Make a function a tool the model may call, under the function's name."""
+
+    def register(function: Callable) -> Callable:
+        declaration = {"type": "function", "name": function.__name__}
+        declaration |= {"description": description, "parameters": parameters}
+        TOOLS[function.__name__] = (function, declaration)
+        return function
+
+    return register
+
+
+@tool(
+    "The current local date and time in a time zone.",
+    {
+        "type": "object",
+        "properties": {
+            "timezone": {"type": "string", "description": "e.g. Asia/Tokyo"}
+        },
+        "required": ["timezone"],
+    },
+)
+def current_time(timezone: str) -> str:
+    return datetime.now(ZoneInfo(timezone)).strftime("%A %d %B %Y, %H:%M")
+
+
+@tool("Hang up. Call it right after saying goodbye.", {"type": "object"})
+def end_call() -> None:
+    """Declared here for the model; the call itself answers it (Call.end_call)."""
+
+
+def session_update(config: Config) -> dict:
+    """The first event of every OpenAI session: mu-law both ways, server VAD."""
+    vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
+    vad |= {"interrupt_response": True, "create_response": True}
+    audio_in = {"format": {"type": "audio/pcmu"}, "turn_detection": vad}
+    audio_in["transcription"] = {"model": "gpt-4o-mini-transcribe"}
+    audio_out = {"format": {"type": "audio/pcmu"}, "voice": config.voice}
+    session = {"type": "realtime", "instructions": config.instructions}
+    session["audio"] = {"input": audio_in, "output": audio_out}
+    session["tools"] = [declaration for _, declaration in TOOLS.values()]
+    return {"type": "session.update", "session": session}
+
+
+def message_item(role: str, text: str) -> dict:
+    """A text turn for the conversation: keypad presses, replayed history."""
+    content = {"type": "input_text" if role == "user" else "output_text", "text": text}
+    item = {"type": "message", "role": role, "content": [content]}
+    return {"type": "conversation.item.create", "item": item}
+
+
+# ----------------------------------------------------------------------------
+# The webhook, and Twilio's request signatures
+
+
+def public_base(request: web.Request, websocket: bool = False) -> str:
+    """The address Twilio uses to reach us. Behind a tunnel the server sees
+    http://localhost, so it comes from PUBLIC_URL, or else from the Host header."""
+    base = request.app[CONFIG].public_url or f"https://{request.host}"
+    return base.replace("http", "ws", 1) if websocket else base  # https -> wss
+
+
+def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's X-Twilio-Signature: HMAC-SHA1 of the URL and the sorted POST fields."""
+    data = url + "".join(f"{name}{value}" for name, value in sorted(params.items()))
+    digest = hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signature_ok(request: web.Request, url: str, params: dict[str, str]) -> bool:
+    token = request.app[CONFIG].twilio_auth_token
+    if not token:
+        return True  # not configured: make_app warned at start-up
+    given = request.headers.get("X-Twilio-Signature", "")
+    # Twilio may sign with or without an explicit :443, a handshake with a trailing /.
+    scheme, _, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    host = host.removesuffix(":443")
+    hosts = {host, host + ":443" if scheme in ("https", "wss") else host}
+    urls = {f"{scheme}://{h}/{p}" for h in hosts for p in {path, path + "/"}}
+    return given.isascii() and any(
+        hmac.compare_digest(twilio_signature(token, u, params), given) for u in urls
+    )
+
+
+async def incoming(request: web.Request) -> web.Response:
+    """Twilio's voice webhook: answer with TwiML that streams the call to /media."""
+    form = await request.post()
+    if not signature_ok(request, public_base(request) + request.raw_path, dict(form)):
+        log.warning("POST /incoming from %s: bad signature, 403", request.remote)
+        raise web.HTTPForbidden(text="invalid Twilio signature")
+    stream_url = public_base(request, websocket=True) + "/media"
+    log.info("[%s] incoming call, streamed to %s", form.get("CallSid"), stream_url)
+    # No query string on the stream URL: Twilio drops it. Nothing after <Connect>,
+    # so when we close the socket, the call hangs up.
+    stream = f"<Stream url={quoteattr(stream_url)}/>"
+    twiml = f"<Response><Connect>{stream}</Connect></Response>"
+    return web.Response(text=twiml, content_type="text/xml")
+
+
+# ----------------------------------------------------------------------------
+# One call's life
+
+
+class Chunk(NamedTuple):
+    """A piece of agent audio sent to Twilio, followed by a mark of the same name."""
+
+    mark: str
+    item_id: str
+    start_ms: float  # where it starts within its item's audio
+    end_ms: float
+
+
+def audio_ms(payload: str) -> float:
+    """Length of base64 mu-law audio (8 bytes a millisecond), without decoding it."""
+    return (len(payload) * 3 // 4 - payload.count("=", -2)) / 8
+
+
+class CallLog(logging.LoggerAdapter):
+    """Starts every line with the call's id, to follow one call in a busy log."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['call']}] {msg}", kwargs
+
+
+class Call:
+    """One phone call: its two sockets, and what the two pumps share."""
+
+    def __init__(self, app: web.Application, twilio: web.WebSocketResponse) -> None:
+        self.config: Config = app[CONFIG]
+        self.http: aiohttp.ClientSession = app[HTTP]
+        self.twilio = twilio
+        self.openai: aiohttp.ClientWebSocketResponse | None = None
+        self.openai_ready = asyncio.Event()  # cleared while the session is renewed
+        self.session_expired = False
+        self.stream_sid = ""
+        self.log = CallLog(log, {"call": "new call"})
+        self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
+        self.transcript: Path | None = None
+        # Playback: what the caller has heard of the agent.
+        self.stream_ms = 0  # Twilio's stream clock: the newest media timestamp
+        self.unplayed: deque[Chunk] = deque()  # sent to Twilio, mark not back yet
+        self.playing_since = 0  # stream_ms when unplayed[0] began to play
+        self.played_out = asyncio.Event()  # set while nothing is left to play
+        self.played_out.set()
+        self.item_id = ""  # the assistant item whose audio we are forwarding
+        self.item_ms = 0.0  # how much of it we have sent
+        self.cut_items: set[str] = set()  # interrupted: late audio must not play
+        self.marks_sent = 0
+        # The conversation as text, and how fast the agent answers.
+        self.history: deque[tuple[str, str]] = deque(maxlen=REPLAY_TURNS)
+        self.started = time.monotonic()
+        self.speech_stopped_at: float | None = None
+        self.latencies_ms: list[float] = []
+        self.barge_ins = 0
+
+    async def run(self) -> None:
+        try:
+            if await self.wait_for_start() and await self.open_session():
+                await self.send_openai(
+                    {"type": "response.create"}
+                )  # agent speaks first
+                pumps = [self.start(self.pump_twilio()), self.start(self.pump_openai())]
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await self.close()
+            self.log.info(self.summary())
+
+    async def close(self) -> None:
+        """End the call on both sides. Safe to call more than once."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self.openai is not None:
+            await self.openai.close()
+        await self.twilio.close()
+
+    def start(self, coroutine: Any) -> asyncio.Task:
+        """Run a coroutine beside the pumps; close() cancels it with the call."""
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.task_done)
+        return task
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, ConnectionResetError):  # a peer left mid-send
+            self.log.info("socket closed under %s", task.get_coro().__name__)
+        elif error is not None:
+            self.log.error("%s failed", task.get_coro().__name__, exc_info=error)
+
+    # -- From Twilio -----------------------------------------------------------
+
+    def parse(self, msg: aiohttp.WSMessage, side: str, key: str) -> dict | None:
+        """A JSON object with a string `key`, or None (logged) for anything else."""
+        try:
+            event = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and isinstance(event.get(key), str):
+            return event
+        what = msg.data if msg.type == aiohttp.WSMsgType.ERROR else msg.type.name
+        self.log.warning("%s sent a message that is not an event (%s)", side, what)
+        return None
+
+    async def wait_for_start(self) -> bool:
+        """Read Twilio's `connected` and `start` (the call's ids). Audio that follows
+        waits in the socket, in order, while we open the OpenAI session."""
+        try:
+            await asyncio.wait_for(self.read_until_start(), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.log.warning("no start message from Twilio")
+        return bool(self.stream_sid)
+
+    async def read_until_start(self) -> None:
+        async for msg in self.twilio:
+            if await self.on_twilio_message(msg) or self.stream_sid:
+                return
+
+    async def pump_twilio(self) -> None:
+        async for msg in self.twilio:
+            if await self.on_twilio_message(msg):
+                return
+        self.log.info("Twilio socket closed")
+
+    async def on_twilio_message(self, msg: aiohttp.WSMessage) -> bool:
+        """Act on one Twilio message; True when the stream has stopped."""
+        event = self.parse(msg, "Twilio", "event")
+        try:
+            return event is not None and await self.on_twilio_event(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.log.warning("malformed Twilio %s ignored: %r", event["event"], exc)
+            return False
+
+    async def on_twilio_event(self, event: dict) -> bool:
+        kind = event["event"]
+        if kind == "media" and self.stream_sid:
+            media = event["media"]
+            if not isinstance(media["payload"], str):
+                raise TypeError("payload is not text")
+            self.stream_ms = int(media["timestamp"])
+            append = {"type": "input_audio_buffer.append", "audio": media["payload"]}
+            await self.send_openai(append)
+        elif kind == "start" and not self.stream_sid:
+            self.on_start(event["start"])
+        elif kind == "stop":
+            self.log.info("Twilio stopped the stream: the caller hung up")
+            return True
+        elif kind == "start":
+            self.log.warning("second start message ignored")
+        elif kind != "connected" and not self.stream_sid:
+            self.log.warning("%s before start ignored", kind)
+        elif kind == "mark":
+            self.on_mark(event["mark"]["name"])
+        elif kind == "dtmf":
+            await self.on_keypress(str(event["dtmf"]["digit"]))
+        elif kind != "connected":
+            self.log.warning("unknown Twilio event %r ignored", kind)
+        return False
+
+    def on_start(self, start: dict) -> None:
+        stream_sid = start["streamSid"]
+        if not isinstance(stream_sid, str) or not stream_sid:
+            raise ValueError("no streamSid")
+        self.stream_sid, call_sid = stream_sid, str(start.get("callSid", stream_sid))
+        self.log.extra["call"] = call_sid  # type: ignore[index]
+        self.log.info("stream %s started", stream_sid)
+        if self.config.transcript_dir:
+            name = "".join(c for c in call_sid if c.isalnum()) or "call"
+            self.transcript = Path(self.config.transcript_dir) / f"{name}.jsonl"
+
+    # -- The OpenAI session ----------------------------------------------------
+
+    async def open_session(self) -> bool:
+        """Open and configure an OpenAI session (False if refused). A renewed
+        session is also told the conversation so far, as text."""
+        url = f"{self.config.openai_url}?model={self.config.model}"
+        headers = {"Authorization": f"Bearer {self.config.openai_api_key}"}
+        try:
+            connecting = self.http.ws_connect(url, headers=headers)
+            openai = await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            refused = isinstance(exc, aiohttp.WSServerHandshakeError)
+            self.log.error(
+                "could not open the OpenAI session: %s",
+                f"HTTP {exc.status}" if refused else repr(exc),
+            )
+            return False
+        await openai.send_str(json.dumps(session_update(self.config)))
+        for role, text in self.history:
+            await openai.send_str(json.dumps(message_item(role, text)))
+        self.openai = openai
+        self.openai_ready.set()
+        return True
+
+    async def send_openai(self, event: dict) -> None:
+        if not self.openai_ready.is_set():  # renewing: caller audio waits in the socket
+            await self.openai_ready.wait()
+        await self.openai.send_str(json.dumps(event))
+
+    async def pump_openai(self) -> None:
+        while True:
+            async for msg in self.openai:
+                event = self.parse(msg, "OpenAI", "type")
+                try:
+                    if event is not None:
+                        await self.on_openai_event(event)
+                except (KeyError, TypeError, ValueError) as exc:
+                    self.log.warning("malformed %s ignored: %r", event["type"], exc)
+            if not self.session_expired:
+                code = self.openai.close_code
+                self.log.info("OpenAI closed the session (code %s): hanging up", code)
+                return
+            # The session hit OpenAI's time limit: a new one, and the caller stays.
+            began, self.session_expired = time.monotonic(), False
+            if not await self.open_session():
+                return
+            took_ms = (time.monotonic() - began) * 1000
+            turns = len(self.history)
+            self.log.info(
+                "session renewed in %.0f ms, %d turns replayed", took_ms, turns
+            )
+
+    async def on_openai_event(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "response.output_audio.delta":
+            await self.play(event["item_id"], event["delta"])
+        elif kind == "input_audio_buffer.speech_started":
+            await self.interrupt()
+        elif kind == "input_audio_buffer.speech_stopped":
+            self.speech_stopped_at = time.monotonic()
+        elif kind == "response.function_call_arguments.done":
+            self.on_function_call(event["name"], event["call_id"], event["arguments"])
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self.remember("user", event["transcript"])
+        elif kind == "response.output_audio_transcript.done":
+            self.remember("assistant", event["transcript"])
+        elif kind == "response.done" and event["response"]["status"] == "failed":
+            details = event["response"].get("status_details")
+            self.log.warning("response failed: %s", details)
+        elif kind == "error" and event["error"].get("code") == "session_expired":
+            self.log.info("the session reached its time limit: renewing it")
+            self.session_expired = True
+            self.openai_ready.clear()  # caller audio waits for the new session
+        elif kind == "error":
+            error = event["error"]
+            self.log.warning("OpenAI error %s: %s", error.get("code"), error["message"])
+
+    # -- Playback, marks and barge-in ------------------------------------------
+
+    async def send_twilio(self, message: dict) -> None:
+        await self.twilio.send_str(json.dumps(message))
+
+    async def play(self, item_id: str, audio: str) -> None:
+        """Send a piece of the agent's voice to the caller, and a mark after it:
+        Twilio sends the mark back once the caller has heard the piece."""
+        if item_id in self.cut_items:
+            return  # the caller interrupted this reply: its late audio must not play
+        if item_id != self.item_id:
+            self.item_id, self.item_ms = item_id, 0.0
+        if not self.unplayed:
+            self.playing_since = self.stream_ms  # nothing queued: it plays from now
+        self.marks_sent += 1
+        end_ms = self.item_ms + audio_ms(audio)
+        chunk = Chunk(str(self.marks_sent), item_id, self.item_ms, end_ms)
+        self.unplayed.append(chunk)
+        self.item_ms = end_ms
+        self.played_out.clear()
+        sid = self.stream_sid
+        await self.send_twilio(
+            {"event": "media", "streamSid": sid, "media": {"payload": audio}}
+        )
+        await self.send_twilio(
+            {"event": "mark", "streamSid": sid, "mark": {"name": chunk.mark}}
+        )
+        if self.speech_stopped_at is not None:  # the first audio of a reply
+            latency_ms = (time.monotonic() - self.speech_stopped_at) * 1000
+            self.latencies_ms.append(latency_ms)
+            self.speech_stopped_at = None
+            self.log.info("reply latency %.0f ms", latency_ms)
+
+    def on_mark(self, name: str) -> None:
+        """Twilio has played up to this mark. Marks flushed by a clear match
+        nothing: interrupt() already forgot their chunks."""
+        if self.unplayed and self.unplayed[0].mark == name:
+            self.unplayed.popleft()
+            self.playing_since = self.stream_ms
+            if not self.unplayed:
+                self.played_out.set()
+
+    async def interrupt(self) -> None:
+        """The caller spoke (or pressed a key): stop the agent's audio at once, and
+        tell the model how much of its reply the caller actually heard."""
+        self.cut_items = {self.item_id}  # if still generating, the server cancels it
+        if not self.unplayed:
+            return  # the reply had played to its end: nothing to cut
+        self.barge_ins += 1
+        # The oldest unplayed chunk is playing, since playing_since on the stream clock.
+        playing = self.unplayed[0]
+        heard_ms = playing.start_ms + max(0, self.stream_ms - self.playing_since)
+        heard_ms = min(heard_ms, playing.end_ms)  # never past what was sent: an error
+        cut = {chunk.item_id: 0 for chunk in self.unplayed}  # queued after: unheard
+        cut[playing.item_id] = int(heard_ms)
+        self.cut_items.update(cut)
+        self.unplayed.clear()
+        self.played_out.set()
+        await self.send_twilio({"event": "clear", "streamSid": self.stream_sid})
+        for item_id, end_ms in cut.items():
+            truncate = {"item_id": item_id, "content_index": 0, "audio_end_ms": end_ms}
+            await self.send_openai({"type": "conversation.item.truncate", **truncate})
+            self.log.info("barge-in: %s cut at %d ms", item_id, end_ms)
+
+    async def on_keypress(self, digit: str) -> None:
+        """A keypad press is a turn too: it interrupts, then the model answers."""
+        self.log.info("caller pressed %s", digit)
+        await self.interrupt()
+        text = f"The caller pressed {digit} on the keypad."
+        await self.send_openai(message_item("user", text))
+        await self.send_openai({"type": "response.create"})
+
+    # -- Tools and hanging up --------------------------------------------------
+
+    def on_function_call(self, name: str, call_id: str, arguments: str) -> None:
+        self.log.info("the model calls %s(%s)", name, arguments)
+        if name == "end_call":
+            self.start(self.end_call())
+        else:  # in a task of its own, so the audio keeps flowing meanwhile
+            self.start(self.run_tool(name, call_id, arguments))
+
+    async def run_tool(self, name: str, call_id: str, arguments: str) -> None:
+        try:
+            if name not in TOOLS:
+                raise LookupError(f"there is no tool named {name!r}")
+            function, _ = TOOLS[name]
+            kwargs = json.loads(arguments)
+            if inspect.iscoroutinefunction(function):
+                work = function(**kwargs)
+            else:  # a plain function runs in a thread, so it cannot block the call
+                work = asyncio.to_thread(function, **kwargs)
+            result = await asyncio.wait_for(work, TOOL_TIMEOUT)
+            output = result if isinstance(result, str) else json.dumps(result)
+        except asyncio.TimeoutError:
+            output = f"error: {name} took longer than {TOOL_TIMEOUT:g} s"
+        except Exception as exc:  # a tool's bug must not end the call
+            output = f"error: {name} failed: {type(exc).__name__}: {exc}"
+        if output.startswith("error:"):
+            self.log.warning("tool %s", output)
+        item = {"type": "function_call_output", "call_id": call_id, "output": output}
+        await self.send_openai({"type": "conversation.item.create", "item": item})
+        await self.send_openai({"type": "response.create"})
+
+    async def end_call(self) -> None:
+        """The agent said goodbye: let the caller hear it to the end, then hang up."""
+        queued_s = sum(chunk.end_ms - chunk.start_ms for chunk in self.unplayed) / 1000
+        try:
+            await asyncio.wait_for(self.played_out.wait(), queued_s + GOODBYE_GRACE)
+        except asyncio.TimeoutError:
+            self.log.warning("the goodbye's last mark never came back")
+        self.log.info("the agent hung up")
+        await self.twilio.close()
+
+    # -- The conversation as text ----------------------------------------------
+
+    def remember(self, role: str, text: str) -> None:
+        """Log a turn, keep it for a renewed session, add it to the transcript."""
+        self.log.info("%s: %s", "caller" if role == "user" else "agent", text)
+        self.history.append((role, text))
+        if self.transcript is not None:
+            now = datetime.now(timezone.utc).isoformat()
+            with self.transcript.open("a", encoding="utf-8") as file:
+                file.write(json.dumps({"role": role, "text": text, "time": now}) + "\n")
+
+    def summary(self) -> str:
+        seconds = time.monotonic() - self.started
+        median = statistics.median(self.latencies_ms) if self.latencies_ms else 0
+        return (
+            f"call ended after {seconds:.0f} s: {len(self.latencies_ms)} turns, "
+            f"median reply latency {median:.0f} ms, {self.barge_ins} barge-ins"
+        )
+
+
+# ----------------------------------------------------------------------------
+# The application
+
+CONFIG = web.AppKey("config", Config)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+CALLS = web.AppKey("calls", set)
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """Twilio's Media Stream for one call."""
+    if not signature_ok(
+        request, public_base(request, websocket=True) + request.raw_path, {}
+    ):
+        log.warning("GET /media from %s: bad signature, 403", request.remote)
+        raise web.HTTPForbidden(text="invalid Twilio signature")
+    twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
+    await twilio.prepare(request)
+    call = Call(request.app, twilio)
+    request.app[CALLS].add(call)
+    try:
+        await call.run()
+    finally:
+        request.app[CALLS].discard(call)
+    return twilio
+
+
+async def http_session(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for every OpenAI connection, closed with the app.
+    limit=0: each call holds a connection for its whole life, and the default
+    pool of 100 would make call 101 wait."""
+    app[HTTP] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    yield
+    await app[HTTP].close()
+
+
+async def close_calls(app: web.Application) -> None:
+    """On shutdown (SIGTERM, Ctrl-C) hang up every call, on both sides."""
+    if app[CALLS]:
+        log.info("shutting down: closing %d calls", len(app[CALLS]))
+    await asyncio.gather(*(call.close() for call in list(app[CALLS])))
+
+
+def make_app(config: Config) -> web.Application:
+    if not config.twilio_auth_token:
+        log.warning(
+            "TWILIO_AUTH_TOKEN is not set: requests are NOT checked to come from "
+            "Twilio. Fine on a dev box, never in production."
+        )
+    app = web.Application()
+    app[CONFIG] = config
+    app[CALLS] = set()
+    app.cleanup_ctx.append(http_session)
+    app.on_shutdown.append(close_calls)
+    app.router.add_post("/incoming", incoming)
+    app.router.add_get("/media", media)
+    return app
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    config = Config.from_env(dict(os.environ))
+    if not config.openai_api_key:
+        sys.exit(
+            "OPENAI_API_KEY is not set: export your OpenAI API key and start again."
+        )
+    app = make_app(config)
+    webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
+    log.info("listening on port %d, model %s", config.port, config.model)
+    log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
+    web.run_app(app, port=config.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

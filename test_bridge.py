@@ -1,0 +1,642 @@
+"""How to test a voice bridge without a phone.
+
+Each test runs the real bridge app on loopback between two fakes:
+- FakeOpenAI, an in-process Realtime server that records every event the
+  bridge sends and lets the test speak for the model;
+- FakeTwilio, a WebSocket client that behaves like a Media Stream: it sends
+  `start`, 20 ms audio frames with a stream clock, marks and `stop`.
+Audio is never real: a payload is any base64 text, tagged so a test can tell
+whose audio went where. Tests assert what each side received, in what order,
+with which fields; time is only ever a generous timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+import bridge
+
+TIMEOUT = 5  # seconds: a generous bound on anything a test waits for
+
+
+def audio(tag: str, size: int = 800) -> str:
+    """Base64 'mu-law' whose bytes start with a readable tag (800 bytes = 100 ms)."""
+    raw = tag.encode().ljust(size, b"\xff")
+    return base64.b64encode(raw).decode()
+
+
+def tag_of(payload: str) -> str:
+    return base64.b64decode(payload).rstrip(b"\xff").decode()
+
+
+def async_test(test):
+    """Run an async test function in a fresh event loop (no pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30))
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def log_everything(caplog):
+    """Keep the bridge's INFO lines, so tests can check what it logged."""
+    caplog.set_level(logging.INFO, logger="bridge")
+
+
+# ---------------------------------------------------------------- the fakes
+
+
+class Session:
+    """One OpenAI Realtime connection as the fake server sees it."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.headers = request.headers
+        self.query = request.query
+        self.events: asyncio.Queue[dict] = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    async def send(self, **event) -> None:
+        await self.ws.send_str(json.dumps(event))
+
+    async def next(self, skip_audio: bool = True) -> dict:
+        """The next event the bridge sent (caller audio skipped unless asked for)."""
+        while True:
+            event = await asyncio.wait_for(self.events.get(), TIMEOUT)
+            if not (skip_audio and event["type"] == "input_audio_buffer.append"):
+                return event
+
+    async def next_of(self, kind: str) -> dict:
+        while True:
+            event = await self.next(skip_audio=False)
+            if event["type"] == kind:
+                return event
+
+    async def audio_tags(self, count: int) -> list[str]:
+        return [
+            tag_of((await self.next_of("input_audio_buffer.append"))["audio"])
+            for _ in range(count)
+        ]
+
+    async def wait_closed(self) -> None:
+        await asyncio.wait_for(self.closed.wait(), TIMEOUT)
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.sessions: list[Session] = []
+        self.new_session: asyncio.Queue[Session] = asyncio.Queue()
+        self.refuse: list[int] = []  # HTTP statuses for the next handshakes
+        self.handshake_delay = 0.0
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse:
+            return web.Response(status=self.refuse.pop(0), text="refused")
+        await asyncio.sleep(self.handshake_delay)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        session = Session(ws, request)
+        self.sessions.append(session)
+        self.new_session.put_nowait(session)
+        async for msg in ws:
+            session.events.put_nowait(json.loads(msg.data))
+        session.closed.set()
+        return ws
+
+    async def session(self) -> Session:
+        return await asyncio.wait_for(self.new_session.get(), TIMEOUT)
+
+    def open_sessions(self) -> int:
+        return sum(not s.closed.is_set() for s in self.sessions)
+
+
+class FakeTwilio:
+    """The Twilio side of one call's Media Stream."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, name: str) -> None:
+        self.ws = ws
+        self.stream_sid = f"MZ{name}"
+        self.call_sid = f"CA{name}"
+        self.clock = 0  # the stream clock, in ms
+
+    async def send(self, **message) -> None:
+        message.setdefault("streamSid", self.stream_sid)
+        await self.ws.send_str(json.dumps(message))
+
+    async def start(self) -> None:
+        await self.ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
+        start = {
+            "streamSid": self.stream_sid,
+            "callSid": self.call_sid,
+            "tracks": ["inbound"],
+        }
+        await self.send(event="start", sequenceNumber="1", start=start)
+
+    async def speak(self, tag: str = "hello", frames: int = 1) -> None:
+        """Caller audio: 20 ms frames, the stream clock advancing with each."""
+        for _ in range(frames):
+            self.clock += 20
+            media = {
+                "track": "inbound",
+                "timestamp": str(self.clock),
+                "payload": audio(tag, 160),
+            }
+            await self.send(event="media", media=media)
+
+    async def advance_to(self, ms: int) -> None:
+        """Let the stream clock reach `ms` (Twilio's clock is its media timestamps)."""
+        self.clock = ms - 20
+        await self.speak("tick")
+
+    async def mark(self, name: str) -> None:
+        await self.send(event="mark", mark={"name": name})
+
+    async def receive(self) -> dict:
+        msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+        assert msg.type == aiohttp.WSMsgType.TEXT, (
+            f"expected a text frame, got {msg.type}"
+        )
+        return json.loads(msg.data)
+
+    async def wait_closed(self) -> None:
+        """The bridge closed this socket (any messages before that are discarded)."""
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                return
+
+
+class World:
+    """The bridge, a fake OpenAI and a way to place calls."""
+
+    def __init__(self, client: TestClient, openai: FakeOpenAI) -> None:
+        self.client = client
+        self.openai = openai
+        self.app = client.server.app
+        self.calls = 0
+
+    async def call(self, start: bool = True) -> FakeTwilio:
+        self.calls += 1
+        ws = await self.client.ws_connect("/media")
+        twilio = FakeTwilio(ws, str(self.calls))
+        if start:
+            await twilio.start()
+        return twilio
+
+    async def answered_call(self) -> tuple[FakeTwilio, Session]:
+        """A call whose session is configured and greeted."""
+        twilio = await self.call()
+        session = await self.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        assert (await session.next())["type"] == "response.create"
+        return twilio, session
+
+
+@asynccontextmanager
+async def world(**config):
+    openai = FakeOpenAI()
+    openai_app = web.Application()
+    openai_app.router.add_get("/v1/realtime", openai.handler)
+    async with TestServer(openai_app) as openai_server:
+        url = str(openai_server.make_url("/v1/realtime")).replace("http", "ws", 1)
+        config.setdefault("openai_url", url)
+        app = bridge.make_app(bridge.Config(openai_api_key="sk-test", **config))
+        async with TestClient(TestServer(app)) as client:
+            yield World(client, openai)
+
+
+# ----------------------------------------------------------- 1. the webhook
+
+
+@async_test
+async def test_incoming_answers_twiml_streaming_to_media_on_the_request_host():
+    async with world() as w:
+        response = await w.client.post(
+            "/incoming", data={"CallSid": "CA1"}, headers={"Host": "abc.example.com"}
+        )
+        assert response.status == 200
+        assert response.content_type == "text/xml"
+        assert await response.text() == (
+            '<Response><Connect><Stream url="wss://abc.example.com/media"/>'
+            "</Connect></Response>"
+        )
+
+
+@async_test
+async def test_incoming_uses_public_url_when_set():
+    async with world(public_url="https://tunnel.example.com") as w:
+        response = await w.client.post("/incoming", data={"CallSid": "CA1"})
+        assert 'url="wss://tunnel.example.com/media"' in await response.text()
+
+
+def test_public_url_without_scheme_or_with_a_slash_is_normalised():
+    env = {"OPENAI_API_KEY": "k", "PUBLIC_URL": "abc.example.com/"}
+    config = bridge.Config.from_env(env)
+    assert config.public_url == "https://abc.example.com"
+    assert config.model == "gpt-realtime-2.1"
+    assert config.port == 8080
+    assert config.openai_url == "wss://api.openai.com/v1/realtime"
+
+
+# ------------------------------------------------- 2. one OpenAI socket a call
+
+
+@async_test
+async def test_each_call_opens_one_openai_session_with_model_and_key():
+    async with world(model="gpt-test") as w:
+        await w.call()
+        session = await w.openai.session()
+        assert session.query["model"] == "gpt-test"
+        assert session.headers["Authorization"] == "Bearer sk-test"
+        assert "OpenAI-Beta" not in session.headers  # GA interface only
+        assert len(w.openai.sessions) == 1
+
+
+# ------------------------------------- 3. session.update, then the greeting
+
+
+@async_test
+async def test_first_event_configures_the_session_then_the_agent_greets():
+    async with world(voice="cedar", instructions="Be brief.") as w:
+        await w.call()
+        session = await w.openai.session()
+        update = await session.next()
+        assert update["type"] == "session.update"
+        config = update["session"]
+        assert config["type"] == "realtime"
+        assert config["instructions"] == "Be brief."
+        assert config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+        assert config["audio"]["output"] == {
+            "format": {"type": "audio/pcmu"},
+            "voice": "cedar",
+        }
+        vad = config["audio"]["input"]["turn_detection"]
+        assert vad["type"] == "server_vad" and vad["interrupt_response"] is True
+        assert config["audio"]["input"]["transcription"]["model"]
+        assert await session.next() == {"type": "response.create"}
+
+
+# ------------------------------------------------------ 4. caller audio up
+
+
+@async_test
+async def test_caller_audio_goes_up_in_order_even_during_the_handshake():
+    async with world() as w:
+        w.openai.handshake_delay = 0.3  # frames keep coming while OpenAI answers
+        twilio = await w.call()
+        for i in range(30):
+            await twilio.speak(f"frame{i}")
+        session = await w.openai.session()
+        assert await session.audio_tags(30) == [f"frame{i}" for i in range(30)]
+
+
+# ------------------------------------------------------ 5. agent audio down
+
+
+async def say(session: Session, item: str, *tags: str) -> None:
+    """The model speaks: one audio delta per tag, all of item `item`."""
+    for tag in tags:
+        await session.send(
+            type="response.output_audio.delta",
+            response_id="resp_1",
+            item_id=item,
+            output_index=0,
+            content_index=0,
+            delta=audio(tag),
+        )
+
+
+@async_test
+async def test_agent_audio_goes_down_with_the_stream_sid_each_followed_by_a_mark():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1", "a2")
+        media = await twilio.receive()
+        assert media == {
+            "event": "media",
+            "streamSid": twilio.stream_sid,
+            "media": {"payload": audio("a1")},
+        }
+        mark = await twilio.receive()
+        assert mark == {
+            "event": "mark",
+            "streamSid": twilio.stream_sid,
+            "mark": {"name": "1"},
+        }
+        assert tag_of((await twilio.receive())["media"]["payload"]) == "a2"
+        assert (await twilio.receive())["mark"]["name"] == "2"
+
+
+# ------------------------------------------------------------- 6. barge-in
+
+
+async def speech_started(session: Session) -> None:
+    await session.send(
+        type="input_audio_buffer.speech_started", audio_start_ms=0, item_id="u1"
+    )
+
+
+async def play(twilio: FakeTwilio, count: int) -> list[dict]:
+    """Receive `count` media+mark pairs from the bridge; return the marks."""
+    marks = []
+    for _ in range(count):
+        assert (await twilio.receive())["event"] == "media"
+        marks.append(await twilio.receive())
+    return marks
+
+
+@async_test
+async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await twilio.advance_to(1000)
+        await session.next_of("input_audio_buffer.append")
+        await say(session, "item_A", "a1", "a2", "a3")  # 300 ms, sent at once
+        await play(twilio, 3)
+        await twilio.advance_to(1100)
+        await twilio.mark("1")  # the first 100 ms have played
+        await twilio.advance_to(1160)  # and 60 ms of the second
+        await session.next_of("input_audio_buffer.append")
+        await speech_started(session)
+        assert await twilio.receive() == {
+            "event": "clear",
+            "streamSid": twilio.stream_sid,
+        }
+        assert await session.next() == {
+            "type": "conversation.item.truncate",
+            "item_id": "item_A",
+            "content_index": 0,
+            "audio_end_ms": 160,
+        }
+
+
+@async_test
+async def test_truncate_counts_playback_not_generation_even_after_response_done():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1", "a2")
+        await session.send(
+            type="response.done", response={"id": "resp_1", "status": "completed"}
+        )
+        await play(twilio, 2)
+        await twilio.mark("1")
+        await twilio.advance_to(40)
+        await session.next_of("input_audio_buffer.append")
+        await speech_started(session)
+        assert (await twilio.receive())["event"] == "clear"
+        truncate = await session.next()
+        assert truncate["type"] == "conversation.item.truncate"
+        assert 100 <= truncate["audio_end_ms"] <= 140
+
+
+@async_test
+async def test_truncate_never_exceeds_the_audio_sent():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")  # 100 ms in all
+        await play(twilio, 1)
+        await twilio.advance_to(5000)  # the mark is late: the clock ran far past
+        await session.next_of("input_audio_buffer.append")
+        await speech_started(session)
+        assert (await twilio.receive())["event"] == "clear"
+        assert (await session.next())["audio_end_ms"] == 100
+
+
+@async_test
+async def test_no_clear_and_no_truncate_when_the_reply_has_finished_playing():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")
+        await play(twilio, 1)
+        await twilio.mark("1")  # all heard
+        await twilio.speak("after")
+        assert await session.audio_tags(1) == ["after"]
+        await speech_started(session)
+        await say(session, "item_B", "b1")
+        await twilio.speak("later")
+        # The next thing each side sees is the new reply and the caller's audio.
+        assert tag_of((await twilio.receive())["media"]["payload"]) == "b1"
+        assert (await session.next(skip_audio=False))[
+            "type"
+        ] == "input_audio_buffer.append"
+
+
+@async_test
+async def test_late_audio_of_an_interrupted_reply_is_not_played():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")
+        await play(twilio, 1)
+        await speech_started(session)
+        assert (await twilio.receive())["event"] == "clear"
+        await say(
+            session, "item_A", "a2", "a3"
+        )  # still in flight when the caller spoke
+        await say(session, "item_B", "b1")
+        assert tag_of((await twilio.receive())["media"]["payload"]) == "b1"
+
+
+@async_test
+async def test_marks_flushed_by_clear_do_not_count_as_heard():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1", "a2")
+        await play(twilio, 2)
+        await speech_started(session)
+        assert (await twilio.receive())["event"] == "clear"
+        assert (await session.next())["item_id"] == "item_A"
+        await twilio.advance_to(200)
+        await session.next_of("input_audio_buffer.append")
+        await say(session, "item_B", "b1", "b2")
+        await play(twilio, 2)
+        await twilio.mark("1")  # Twilio returns the flushed marks after a clear
+        await twilio.mark("2")
+        await twilio.advance_to(250)
+        await session.next_of("input_audio_buffer.append")
+        await speech_started(session)
+        assert (await twilio.receive())["event"] == "clear"
+        truncate = await session.next()
+        assert (truncate["item_id"], truncate["audio_end_ms"]) == ("item_B", 50)
+
+
+@async_test
+async def test_a_reply_queued_behind_the_one_playing_is_truncated_to_zero():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")
+        await say(session, "item_B", "b1")
+        await play(twilio, 2)
+        await speech_started(session)
+        assert (await twilio.receive())["event"] == "clear"
+        first, second = await session.next(), await session.next()
+        assert (first["item_id"], first["audio_end_ms"]) == ("item_A", 0)
+        assert (second["item_id"], second["audio_end_ms"]) == ("item_B", 0)
+
+
+# ---------------------------------------------------- 7. lifecycle and faults
+
+
+@async_test
+async def test_twilio_stop_closes_the_openai_socket():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await twilio.send(event="stop", stop={"callSid": twilio.call_sid})
+        await session.wait_closed()
+        await twilio.wait_closed()
+
+
+@async_test
+async def test_a_dropped_twilio_socket_closes_the_openai_socket():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await twilio.ws.close()
+        await session.wait_closed()
+
+
+@async_test
+async def test_openai_closing_hangs_up_the_caller(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await session.ws.close(code=1011)
+        await twilio.wait_closed()
+        assert "OpenAI closed the session (code 1011)" in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+@async_test
+async def test_a_refused_handshake_ends_that_call_and_the_server_serves_the_next(
+    status, caplog
+):
+    async with world() as w:
+        w.openai.refuse = [status]
+        twilio = await w.call()
+        await twilio.wait_closed()
+        assert f"could not open the OpenAI session: HTTP {status}" in caplog.text
+        await w.answered_call()  # the next caller gets through
+
+
+@async_test
+async def test_an_unreachable_openai_ends_the_call_cleanly(caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    async with world(openai_url=f"ws://127.0.0.1:{closed_port}/v1/realtime") as w:
+        twilio = await w.call()
+        await twilio.wait_closed()
+        assert "could not open the OpenAI session" in caplog.text
+        assert "Traceback" not in caplog.text
+
+
+@async_test
+async def test_an_openai_error_event_is_logged_and_the_call_goes_on(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        error = {
+            "type": "invalid_request_error",
+            "code": "bad_thing",
+            "message": "nope",
+        }
+        await session.send(type="error", event_id="e1", error=error)
+        await twilio.speak("still here")
+        assert await session.audio_tags(1) == ["still here"]
+        assert "OpenAI error bad_thing: nope" in caplog.text
+
+
+# ---------------------------------------------------------------- 8. start-up
+
+
+def test_missing_api_key_exits_non_zero_naming_it():
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "bridge.py"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "OPENAI_API_KEY" in done.stderr
+
+
+def test_start_up_warns_when_signatures_are_not_checked(caplog):
+    caplog.set_level(logging.WARNING)
+    bridge.make_app(bridge.Config(openai_api_key="k"))
+    assert "TWILIO_AUTH_TOKEN is not set" in caplog.text
+    caplog.clear()
+    bridge.make_app(bridge.Config(openai_api_key="k", twilio_auth_token="t"))
+    assert "TWILIO_AUTH_TOKEN" not in caplog.text
+
+
+@async_test
+async def test_log_lines_are_tagged_with_the_call_sid(caplog):
+    caplog.set_level(logging.INFO)
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await twilio.send(event="stop", stop={})
+        await session.wait_closed()
+        assert f"[{twilio.call_sid}] stream {twilio.stream_sid} started" in caplog.text
+
+
+# ------------------------------------------------------------- 9. shutdown
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@async_test
+async def test_sigterm_closes_open_calls_on_both_sides():
+    openai = FakeOpenAI()
+    openai_app = web.Application()
+    openai_app.router.add_get("/v1/realtime", openai.handler)
+    async with TestServer(openai_app) as server:
+        port = free_port()
+        env = dict(
+            os.environ,
+            OPENAI_API_KEY="sk-test",
+            PORT=str(port),
+            OPENAI_REALTIME_URL=str(server.make_url("/v1/realtime")).replace(
+                "http", "ws", 1
+            ),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "bridge.py", env=env, stderr=subprocess.PIPE
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(100):  # wait for it to listen
+                    try:
+                        ws = await http.ws_connect(f"http://127.0.0.1:{port}/media")
+                        break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+                twilio = FakeTwilio(ws, "sig")
+                await twilio.start()
+                session = await openai.session()
+                proc.send_signal(signal.SIGTERM)
+                await twilio.wait_closed()
+                await session.wait_closed()
+                assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
