@@ -640,3 +640,241 @@ async def test_sigterm_closes_open_calls_on_both_sides():
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+# ============================================ Trust: signatures and bad input
+
+TOKEN = "12345"  # the auth token of Twilio's worked examples
+FORM = {"CallSid": "CA1234567890ABCDE", "From": "+14158675310", "To": "+18005551212"}
+
+
+def test_signatures_match_twilios_worked_examples():
+    url = "https://example.com/incoming"
+    assert bridge.twilio_signature(TOKEN, url, FORM) == "8jtk0mPGqPEMWOagtxeyKUgk/1I="
+    media = "wss://example.com/media-stream"
+    assert bridge.twilio_signature(TOKEN, media, {}) == "XFfwGS2Ev7f9qAP9MmRoMS7C724="
+
+
+def sign(url: str, form: dict | None = None) -> dict:
+    return {"X-Twilio-Signature": bridge.twilio_signature(TOKEN, url, form or {})}
+
+
+@pytest.mark.parametrize(
+    "headers, form, status",
+    [
+        (sign("https://example.com/incoming", FORM), FORM, 200),
+        (sign("https://example.com:443/incoming", FORM), FORM, 200),
+        (sign("https://example.com/incoming", FORM), {**FORM, "From": "+1900"}, 403),
+        (sign("https://evil.example/incoming", FORM), FORM, 403),
+        (sign("http://example.com/incoming", FORM), FORM, 403),
+        ({}, FORM, 403),
+        ({"X-Twilio-Signature": "ünïcode"}, FORM, 403),
+    ],
+    ids=["signed", "with-443", "changed-field", "other-url", "http", "missing", "junk"],
+)
+@async_test
+async def test_incoming_requires_a_valid_signature(headers, form, status):
+    async with world(twilio_auth_token=TOKEN) as w:
+        headers = {"Host": "example.com", **headers}
+        response = await w.client.post("/incoming", data=form, headers=headers)
+        assert response.status == status
+
+
+@async_test
+async def test_signatures_are_checked_against_public_url_behind_a_tunnel():
+    async with world(twilio_auth_token=TOKEN, public_url="https://tunnel.example") as w:
+        headers = sign("https://tunnel.example/incoming", FORM)  # Host is 127.0.0.1
+        assert (
+            await w.client.post("/incoming", data=FORM, headers=headers)
+        ).status == 200
+        headers = sign("wss://tunnel.example/media")
+        ws = await w.client.ws_connect("/media", headers=headers)
+        await FakeTwilio(ws, "1").start()
+        await w.openai.session()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        sign("wss://example.com/media"),
+        sign("wss://example.com/media/"),  # Twilio's docs: try the trailing slash
+        {"x-twilio-signature": sign("wss://example.com/media")["X-Twilio-Signature"]},
+    ],
+    ids=["signed", "trailing-slash", "lower-case-header"],
+)
+@async_test
+async def test_media_handshake_with_a_valid_signature_is_accepted(headers):
+    async with world(twilio_auth_token=TOKEN) as w:
+        headers = {"Host": "example.com", **headers}
+        ws = await w.client.ws_connect("/media", headers=headers)
+        await FakeTwilio(ws, "1").start()
+        await w.openai.session()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [sign("wss://evil.example/media"), sign("https://example.com/media"), {}],
+    ids=["other-url", "wrong-scheme", "missing"],
+)
+@async_test
+async def test_media_handshake_without_a_valid_signature_gets_403_and_no_openai(
+    headers, caplog
+):
+    async with world(twilio_auth_token=TOKEN) as w:
+        headers = {"Host": "example.com", **headers}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await w.client.ws_connect("/media", headers=headers)
+        assert refused.value.status == 403
+        await asyncio.sleep(0.1)
+        assert w.openai.sessions == []
+        assert "GET /media from" in caplog.text and "bad signature" in caplog.text
+
+
+BAD_MESSAGES = {
+    "not-json": ("hello there", "not an event (TEXT)"),
+    "binary": (b"\x00\x01", "not an event (BINARY)"),
+    "json-list": ("[1, 2]", "not an event"),
+    "no-event": ('{"streamSid": "MZ1"}', "not an event"),
+    "media-no-payload": (
+        '{"event": "media", "media": {"timestamp": "1"}}',
+        "malformed",
+    ),
+    "media-null-payload": (
+        '{"event": "media", "media": {"payload": null}}',
+        "malformed",
+    ),
+    "media-not-object": ('{"event": "media", "media": "x"}', "malformed"),
+    "mark-no-name": ('{"event": "mark", "mark": {}}', "malformed"),
+    "unknown-event": ('{"event": "dance"}', "unknown Twilio event 'dance'"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_MESSAGES.values(), ids=BAD_MESSAGES.keys())
+@async_test
+async def test_bad_twilio_input_is_logged_and_skipped(bad, caplog):
+    message, logged = bad
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await twilio.speak("before")
+        if isinstance(message, bytes):
+            await twilio.ws.send_bytes(message)
+        else:
+            await twilio.ws.send_str(message)
+        await twilio.speak("after")
+        assert await session.audio_tags(2) == ["before", "after"]
+        await say(session, "item_A", "a1")  # the call still works both ways
+        assert (await twilio.receive())["streamSid"] == twilio.stream_sid
+        assert logged in caplog.text
+        assert "Traceback" not in caplog.text
+
+
+@async_test
+async def test_media_before_start_is_ignored(caplog):
+    async with world() as w:
+        twilio = await w.call(start=False)
+        await twilio.speak("too early")
+        await twilio.start()
+        await twilio.speak("in time")
+        session = await w.openai.session()
+        assert await session.audio_tags(1) == ["in time"]
+        assert "media before start ignored" in caplog.text
+
+
+@async_test
+async def test_a_second_start_is_ignored_and_the_first_stream_sid_kept(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        start = {"streamSid": "MZother", "callSid": "CAother"}
+        await twilio.send(event="start", streamSid="MZother", start=start)
+        await twilio.speak("after")
+        assert await session.audio_tags(1) == ["after"]
+        await say(session, "item_A", "a1")
+        assert (await twilio.receive())["streamSid"] == twilio.stream_sid
+        assert "second start message ignored" in caplog.text
+
+
+@async_test
+async def test_an_oversized_frame_ends_only_that_call(caplog):
+    async with world() as w:
+        other, other_session = await w.answered_call()
+        twilio, session = await w.answered_call()
+        await twilio.ws.send_str("x" * (bridge.MAX_TWILIO_MESSAGE + 1))
+        await twilio.wait_closed()
+        await session.wait_closed()
+        await other.speak("unharmed")
+        assert await other_session.audio_tags(1) == ["unharmed"]
+        assert "Twilio sent a message that is not an event" in caplog.text
+
+
+@async_test
+async def test_a_socket_that_never_starts_is_closed(monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "CONNECT_TIMEOUT", 0.2)
+    async with world() as w:
+        twilio = await w.call(start=False)
+        await twilio.wait_closed()
+        assert w.openai.sessions == []
+        assert "no start message from Twilio" in caplog.text
+
+
+# ================================================ Many calls, leaks, shutdown
+
+
+def bridge_tasks() -> list[asyncio.Task]:
+    """Tasks the bridge started for calls (pumps, tools, hang-ups) still running."""
+    names = {"pump_twilio", "pump_openai", "run_tool", "end_call"}
+    return [t for t in asyncio.all_tasks() if t.get_coro().__name__ in names]
+
+
+@async_test
+async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind():
+    calls = 110  # past aiohttp's default pool of 100 connections
+    async with world() as w:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        # Our own client session: the test client's is capped at 100 connections.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0)
+        ) as http:
+            url = w.client.make_url("/media")
+            twilios = [
+                FakeTwilio(await http.ws_connect(url), f"{i}") for i in range(calls)
+            ]
+            await asyncio.gather(*(t.start() for t in twilios))
+            sessions = [await w.openai.session() for _ in range(calls)]
+            for i, twilio in enumerate(twilios):  # each caller says its own name
+                await twilio.speak(f"caller{i}", frames=3)
+                if i % 2:  # and half of them send garbage in the middle
+                    await twilio.ws.send_str("garbage")
+
+            async def answer(session: Session) -> None:
+                tags = await session.audio_tags(3)
+                assert len(set(tags)) == 1, f"one session heard several callers: {tags}"
+                await say(session, "item_A", tags[0].replace("caller", "agent"))
+
+            await asyncio.gather(*(answer(s) for s in sessions))
+            for i, twilio in enumerate(twilios):
+                media = await twilio.receive()
+                assert media["streamSid"] == twilio.stream_sid
+                assert tag_of(media["media"]["payload"]) == f"agent{i}"
+            for twilio in twilios:
+                await twilio.send(event="stop", stop={})
+            await asyncio.gather(*(s.wait_closed() for s in sessions))
+            await asyncio.gather(*(t.wait_closed() for t in twilios))
+        for _ in range(50):  # the bridge finishes each call after closing it
+            if not w.app[bridge.CALLS] and not bridge_tasks():
+                break
+            await asyncio.sleep(0.05)
+        assert w.app[bridge.CALLS] == set()
+        assert bridge_tasks() == []
+        assert w.openai.open_sessions() == 0
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+
+
+@async_test
+async def test_shutdown_closes_every_open_call_on_both_sides():
+    async with world() as w:
+        calls = [await w.answered_call() for _ in range(5)]
+        await asyncio.wait_for(w.client.server.close(), TIMEOUT)
+        for twilio, session in calls:
+            await twilio.wait_closed()
+            await session.wait_closed()
+        assert w.app[bridge.CALLS] == set()
