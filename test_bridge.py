@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -878,3 +880,220 @@ async def test_shutdown_closes_every_open_call_on_both_sides():
             await twilio.wait_closed()
             await session.wait_closed()
         assert w.app[bridge.CALLS] == set()
+
+
+# ========================================= A real agent: tools, hang-up, keypad
+
+
+@async_test
+async def test_tools_are_declared_in_the_session_update():
+    async with world() as w:
+        await w.call()
+        session = await w.openai.session()
+        tools = {t["name"]: t for t in (await session.next())["session"]["tools"]}
+        assert set(tools) == {"current_time", "end_call"}
+        for declared in tools.values():
+            assert declared["type"] == "function"
+            assert (
+                declared["description"] and declared["parameters"]["type"] == "object"
+            )
+        assert tools["current_time"]["parameters"]["required"] == ["timezone"]
+
+
+async def call_tool(session: Session, name: str, arguments: str, call_id: str = "c1"):
+    await session.send(
+        type="response.function_call_arguments.done",
+        response_id="resp_1",
+        item_id="fc_1",
+        output_index=0,
+        call_id=call_id,
+        name=name,
+        arguments=arguments,
+    )
+
+
+async def tool_output(session: Session) -> str:
+    """The function_call_output the bridge answers with, then its response.create."""
+    created = await session.next()
+    assert created["type"] == "conversation.item.create"
+    item = created["item"]
+    assert set(item) == {"type", "call_id", "output"}
+    assert item["type"] == "function_call_output" and item["call_id"] == "c1"
+    assert await session.next() == {"type": "response.create"}
+    return item["output"]
+
+
+@async_test
+async def test_a_tool_call_is_answered_with_its_output_then_a_response():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await call_tool(session, "current_time", '{"timezone": "UTC"}')
+        output = await tool_output(session)
+        assert str(datetime.datetime.now(datetime.timezone.utc).year) in output
+
+
+@async_test
+async def test_an_async_tool_returning_data_is_answered_as_json(monkeypatch):
+    async def lookup(city: str) -> dict:
+        return {"city": city, "open": True}
+
+    monkeypatch.setitem(bridge.TOOLS, "lookup", (lookup, {}))
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await call_tool(session, "lookup", '{"city": "Oslo"}')
+        assert json.loads(await tool_output(session)) == {"city": "Oslo", "open": True}
+
+
+async def broken(**kwargs):
+    raise RuntimeError("database is down")
+
+
+async def slow(**kwargs):
+    await asyncio.sleep(60)
+
+
+@pytest.mark.parametrize(
+    "name, arguments, expected",
+    [
+        ("no_such_tool", "{}", "error: no_such_tool failed: LookupError"),
+        ("current_time", "{not json", "error: current_time failed: JSONDecodeError"),
+        ("current_time", '{"timezone": "Mars/Base"}', "error: current_time failed"),
+        ("broken", "{}", "error: broken failed: RuntimeError: database is down"),
+        ("slow", "{}", "error: slow took longer than 0.2 s"),
+    ],
+    ids=["unknown", "bad-json", "tool-raises", "async-raises", "too-slow"],
+)
+@async_test
+async def test_a_failing_tool_becomes_an_error_output_and_the_call_goes_on(
+    name, arguments, expected, monkeypatch, caplog
+):
+    monkeypatch.setitem(bridge.TOOLS, "broken", (broken, {}))
+    monkeypatch.setitem(bridge.TOOLS, "slow", (slow, {}))
+    monkeypatch.setattr(bridge, "TOOL_TIMEOUT", 0.2)
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await call_tool(session, name, arguments)
+        assert (await tool_output(session)).startswith(expected)
+        assert f"tool {expected}" in caplog.text
+        await twilio.speak("still here")
+        assert await session.audio_tags(1) == ["still here"]
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["async", "plain"])
+@async_test
+async def test_a_running_tool_does_not_hold_up_the_audio(blocking, monkeypatch):
+    release = threading.Event()
+
+    def wait_blocking() -> str:  # a plain function that blocks: it gets a thread
+        return "done" if release.wait(2) else "the event loop was blocked"
+
+    async def wait_async() -> str:
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return "done"
+
+    tool = wait_blocking if blocking else wait_async
+    monkeypatch.setitem(bridge.TOOLS, "wait", (tool, {}))
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await call_tool(session, "wait", "{}")
+        await twilio.speak("meanwhile")
+        assert await session.audio_tags(1) == ["meanwhile"]
+        await say(session, "item_A", "a1")
+        assert tag_of((await twilio.receive())["media"]["payload"]) == "a1"
+        release.set()
+        assert await tool_output(session) == "done"
+
+
+@async_test
+async def test_end_call_hangs_up_after_the_goodbye_has_been_heard():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_bye", "bye1", "bye2")
+        await call_tool(session, "end_call", "{}")
+        await play(twilio, 2)
+        await twilio.mark("1")
+        await twilio.speak("still on")  # half the goodbye heard: the call is up
+        assert await session.audio_tags(1) == ["still on"]
+        await twilio.mark("2")
+        await twilio.wait_closed()
+        await session.wait_closed()
+
+
+@async_test
+async def test_end_call_hangs_up_anyway_when_the_mark_never_comes(monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "GOODBYE_GRACE", 0.1)
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_bye", "bye1")
+        await call_tool(session, "end_call", "{}")
+        await twilio.wait_closed()
+        await session.wait_closed()
+        assert "the goodbye's last mark never came back" in caplog.text
+
+
+@async_test
+async def test_a_keypress_interrupts_and_reaches_the_model_as_text():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_menu", "m1")
+        await play(twilio, 1)
+        await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": "5"})
+        assert (await twilio.receive())["event"] == "clear"
+        assert (await session.next())["type"] == "conversation.item.truncate"
+        assert await session.next() == {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {
+                        "type": "input_text",
+                        "text": "The caller pressed 5 on the keypad.",
+                    }
+                ],
+            },
+        }
+        assert await session.next() == {"type": "response.create"}
+
+
+@async_test
+async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, caplog):
+    async with world(transcript_dir=str(tmp_path)) as w:
+        twilio, session = await w.answered_call()
+        await session.send(
+            type="conversation.item.input_audio_transcription.completed",
+            item_id="u1",
+            content_index=0,
+            transcript="My name is Ada.",
+        )
+        await session.send(type="input_audio_buffer.speech_stopped", audio_end_ms=900)
+        await say(session, "item_A", "a1")
+        await play(twilio, 1)
+        await session.send(
+            type="response.output_audio_transcript.done",
+            item_id="item_A",
+            response_id="resp_1",
+            output_index=0,
+            content_index=0,
+            transcript="Nice to meet you, Ada.",
+        )
+        await speech_started(session)  # a barge-in, for the summary
+        assert (await twilio.receive())["event"] == "clear"
+        await twilio.send(event="stop", stop={})
+        await session.wait_closed()
+        await asyncio.sleep(0.1)
+    tag = f"[{twilio.call_sid}]"
+    assert f"{tag} caller: My name is Ada." in caplog.text
+    assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
+    assert f"{tag} reply latency" in caplog.text
+    assert (
+        "1 turns, median reply latency" in caplog.text and "1 barge-ins" in caplog.text
+    )
+    lines = (tmp_path / f"{twilio.call_sid}.jsonl").read_text().splitlines()
+    turns = [json.loads(line) for line in lines]
+    assert [(t["role"], t["text"]) for t in turns] == [
+        ("user", "My name is Ada."),
+        ("assistant", "Nice to meet you, Ada."),
+    ]
+    assert all(t["time"] for t in turns)
