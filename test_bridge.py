@@ -1097,3 +1097,81 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
         ("assistant", "Nice to meet you, Ada."),
     ]
     assert all(t["time"] for t in turns)
+
+
+# =========================================== Calls that outlive a session
+
+
+async def transcribed(session: Session, role: str, text: str) -> None:
+    if role == "user":
+        kind = "conversation.item.input_audio_transcription.completed"
+    else:
+        kind = "response.output_audio_transcript.done"
+    await session.send(type=kind, item_id="i", content_index=0, transcript=text)
+
+
+async def expire(session: Session) -> None:
+    """What OpenAI does at a session's time limit."""
+    error = {"type": "invalid_request_error", "code": "session_expired", "message": "…"}
+    await session.send(type="error", event_id="e1", error=error)
+    await session.ws.close(code=1001)
+
+
+@async_test
+async def test_an_expired_session_is_renewed_with_the_conversation_so_far(caplog):
+    async with world() as w:
+        twilio, first = await w.answered_call()
+        await transcribed(first, "user", "Hi, I'm Ada.")
+        await transcribed(first, "assistant", "Hello Ada!")
+        await transcribed(first, "user", "Book me for Tuesday.")
+        await transcribed(first, "assistant", "Done: Tuesday at ten.")
+        w.openai.handshake_delay = 0.2
+        await expire(first)
+        await twilio.speak("during", frames=5)  # arrives while the new session opens
+        second = await w.openai.session()
+        assert (await second.next())["type"] == "session.update"
+        replayed = [await second.next() for _ in range(4)]
+        assert replayed == [
+            bridge.message_item("user", "Hi, I'm Ada."),
+            bridge.message_item("assistant", "Hello Ada!"),
+            bridge.message_item("user", "Book me for Tuesday."),
+            bridge.message_item("assistant", "Done: Tuesday at ten."),
+        ]
+        assert replayed[1]["item"] == {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello Ada!"}],
+        }
+        # No response.create: the caller hears no second greeting. Audio goes on.
+        await twilio.speak("after")
+        tags = [
+            tag_of((await second.next(skip_audio=False))["audio"]) for _ in range(6)
+        ]
+        assert tags == ["during"] * 5 + ["after"]
+        assert not twilio.ws.closed
+        assert "session renewed in" in caplog.text and "4 turns replayed" in caplog.text
+
+
+@async_test
+async def test_a_renewal_replays_only_the_last_turns(monkeypatch):
+    monkeypatch.setattr(bridge, "REPLAY_TURNS", 3)
+    async with world() as w:
+        twilio, first = await w.answered_call()
+        for i in range(5):
+            await transcribed(first, "user", f"turn {i}")
+        await expire(first)
+        second = await w.openai.session()
+        assert (await second.next())["type"] == "session.update"
+        texts = [(await second.next())["item"]["content"][0]["text"] for _ in range(3)]
+        assert texts == ["turn 2", "turn 3", "turn 4"]
+
+
+@async_test
+async def test_a_refused_renewal_ends_the_call(caplog):
+    async with world() as w:
+        twilio, first = await w.answered_call()
+        w.openai.refuse = [401]
+        await expire(first)
+        await twilio.wait_closed()
+        assert "could not open the OpenAI session: HTTP 401" in caplog.text
+        assert len(w.openai.sessions) == 1
