@@ -254,10 +254,10 @@ class Call:
 
     async def run(self) -> None:
         try:
-            if await self.wait_for_start() and await self.open_session():
-                await self.send_openai(
-                    {"type": "response.create"}
-                )  # agent speaks first
+            # Open the OpenAI session while Twilio sends `connected` and `start`.
+            opening = self.start(self.open_session())
+            if await self.wait_for_start() and await opening:
+                await self.send_openai({"type": "response.create"})  # greet first
                 pumps = [self.start(self.pump_twilio()), self.start(self.pump_openai())]
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
