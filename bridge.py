@@ -1,18 +1,17 @@
-"""A phone bridge: a Twilio call talks to an OpenAI Realtime voice agent.
-
-Twilio dials in to POST /incoming, we answer with TwiML that opens a Media
-Stream (a WebSocket of 20 ms mu-law frames) to /media, and for each call we
-open one OpenAI Realtime WebSocket. Two tasks pump the two directions. Both
-sides speak G.711 mu-law at 8 kHz, so audio passes through untouched.
-
-The part the popular samples get wrong is barge-in: the model generates audio
-much faster than the caller hears it. When the caller interrupts, we must tell
-the model how much of its reply was *heard*, not how much was sent, or it will
-believe it said things the caller never heard. We learn what was heard from
-Twilio's marks and stream clock (see `Call.interrupt`).
-
-Run it:  OPENAI_API_KEY=sk-... python bridge.py
-"""
+# A phone bridge: a Twilio call talks to an OpenAI Realtime voice agent.
+#
+# Twilio posts the call to /incoming; our TwiML opens a Media Stream (a WebSocket
+# of 20 ms mu-law frames) to /media; for each call we open one OpenAI Realtime
+# WebSocket, and two tasks pump the two directions. Both sides speak G.711 mu-law
+# at 8 kHz, so the audio passes through untouched.
+#
+# What the popular samples get wrong is barge-in. The model sends audio much
+# faster than the caller hears it, so when the caller interrupts, the model must
+# be told how much of its reply was *heard*, not sent, or it believes it said
+# things the caller never heard. Twilio's marks and stream clock tell us (see
+# Call.interrupt).
+#
+# Run it:  OPENAI_API_KEY=sk-... python bridge.py
 
 from __future__ import annotations
 
@@ -152,8 +151,8 @@ def message_item(role: str, text: str) -> dict:
 
 
 def public_base(request: web.Request, websocket: bool = False) -> str:
-    """The address Twilio uses to reach us. Behind a tunnel the server sees
-    http://localhost, so it comes from PUBLIC_URL, or else from the Host header."""
+    # Behind a tunnel we see http://localhost, but Twilio signs and connects to the
+    # public address: PUBLIC_URL, or else the Host header the tunnel passes on.
     base = request.app[CONFIG].public_url or f"https://{request.host}"
     return base.replace("http", "ws", 1) if websocket else base  # https -> wss
 
@@ -165,10 +164,11 @@ def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
     return base64.b64encode(digest).decode()
 
 
-def signature_ok(request: web.Request, url: str, params: dict[str, str]) -> bool:
+def check_signature(request: web.Request, url: str, params: dict[str, str]) -> None:
+    """Refuse (403) a request that Twilio did not sign, before any OpenAI cost."""
     token = request.app[CONFIG].twilio_auth_token
     if not token:
-        return True  # not configured: make_app warned at start-up
+        return  # not configured: make_app warned at start-up
     given = request.headers.get("X-Twilio-Signature", "")
     # Twilio may sign with or without an explicit :443, a handshake with a trailing /.
     scheme, _, rest = url.partition("://")
@@ -176,17 +176,16 @@ def signature_ok(request: web.Request, url: str, params: dict[str, str]) -> bool
     host = host.removesuffix(":443")
     hosts = {host, host + ":443" if scheme in ("https", "wss") else host}
     urls = {f"{scheme}://{h}/{p}" for h in hosts for p in {path, path + "/"}}
-    return given.isascii() and any(
-        hmac.compare_digest(twilio_signature(token, u, params), given) for u in urls
-    )
+    signed = (twilio_signature(token, u, params) for u in urls)
+    if not (given.isascii() and any(hmac.compare_digest(s, given) for s in signed)):
+        log.warning("%s %s from %s: bad signature", request.method, url, request.remote)
+        raise web.HTTPForbidden(text="invalid Twilio signature")
 
 
 async def incoming(request: web.Request) -> web.Response:
     """Twilio's voice webhook: answer with TwiML that streams the call to /media."""
     form = await request.post()
-    if not signature_ok(request, public_base(request) + request.raw_path, dict(form)):
-        log.warning("POST /incoming from %s: bad signature, 403", request.remote)
-        raise web.HTTPForbidden(text="invalid Twilio signature")
+    check_signature(request, public_base(request) + request.raw_path, dict(form))
     stream_url = public_base(request, websocket=True) + "/media"
     log.info("[%s] incoming call, streamed to %s", form.get("CallSid"), stream_url)
     # No query string on the stream URL: Twilio drops it. Nothing after <Connect>,
@@ -232,6 +231,7 @@ class Call:
         self.openai_ready = asyncio.Event()  # cleared while the session is renewed
         self.session_expired = False
         self.stream_sid = ""
+        self.stream_started = asyncio.Event()
         self.log = CallLog(log, {"call": "new call"})
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
         self.transcript: Path | None = None
@@ -254,12 +254,8 @@ class Call:
 
     async def run(self) -> None:
         try:
-            # Open the OpenAI session while Twilio sends `connected` and `start`.
-            opening = self.start(self.open_session())
-            if await self.wait_for_start() and await opening:
-                await self.send_openai({"type": "response.create"})  # greet first
-                pumps = [self.start(self.pump_twilio()), self.start(self.pump_openai())]
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            pumps = [self.start(self.pump_twilio()), self.start(self.pump_openai())]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await self.close()
             self.log.info(self.summary())
@@ -300,20 +296,6 @@ class Call:
         what = msg.data if msg.type == aiohttp.WSMsgType.ERROR else msg.type.name
         self.log.warning("%s sent a message that is not an event (%s)", side, what)
         return None
-
-    async def wait_for_start(self) -> bool:
-        """Read Twilio's `connected` and `start` (the call's ids). Audio that follows
-        waits in the socket, in order, while we open the OpenAI session."""
-        try:
-            await asyncio.wait_for(self.read_until_start(), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
-            self.log.warning("no start message from Twilio")
-        return bool(self.stream_sid)
-
-    async def read_until_start(self) -> None:
-        async for msg in self.twilio:
-            if await self.on_twilio_message(msg) or self.stream_sid:
-                return
 
     async def pump_twilio(self) -> None:
         async for msg in self.twilio:
@@ -363,6 +345,7 @@ class Call:
         self.stream_sid, call_sid = stream_sid, str(start.get("callSid", stream_sid))
         self.log.extra["call"] = call_sid  # type: ignore[index]
         self.log.info("stream %s started", stream_sid)
+        self.stream_started.set()
         if self.config.transcript_dir:
             name = "".join(c for c in call_sid if c.isalnum()) or "call"
             self.transcript = Path(self.config.transcript_dir) / f"{name}.jsonl"
@@ -370,19 +353,15 @@ class Call:
     # -- The OpenAI session ----------------------------------------------------
 
     async def open_session(self) -> bool:
-        """Open and configure an OpenAI session (False if refused). A renewed
-        session is also told the conversation so far, as text."""
+        """Open and configure an OpenAI session, with the conversation so far."""
         url = f"{self.config.openai_url}?model={self.config.model}"
         headers = {"Authorization": f"Bearer {self.config.openai_api_key}"}
         try:
             connecting = self.http.ws_connect(url, headers=headers)
             openai = await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            refused = isinstance(exc, aiohttp.WSServerHandshakeError)
-            self.log.error(
-                "could not open the OpenAI session: %s",
-                f"HTTP {exc.status}" if refused else repr(exc),
-            )
+            why = getattr(exc, "status", None) and f"HTTP {exc.status}"  # refused
+            self.log.error("could not open the OpenAI session: %s", why or repr(exc))
             return False
         await openai.send_str(json.dumps(session_update(self.config)))
         for role, text in self.history:
@@ -392,11 +371,21 @@ class Call:
         return True
 
     async def send_openai(self, event: dict) -> None:
-        if not self.openai_ready.is_set():  # renewing: caller audio waits in the socket
+        if not self.openai_ready.is_set():  # opening or renewing the session
             await self.openai_ready.wait()
         await self.openai.send_str(json.dumps(event))
 
     async def pump_openai(self) -> None:
+        # Open the session while Twilio sends `connected` and `start`. Caller audio
+        # that comes meanwhile waits in send_openai, then in Twilio's socket.
+        if not await self.open_session():
+            return
+        try:
+            await asyncio.wait_for(self.stream_started.wait(), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.log.warning("no start message from Twilio")
+            return
+        await self.send_openai({"type": "response.create"})  # the agent greets first
         while True:
             async for msg in self.openai:
                 event = self.parse(msg, "OpenAI", "type")
@@ -413,11 +402,8 @@ class Call:
             began, self.session_expired = time.monotonic(), False
             if not await self.open_session():
                 return
-            took_ms = (time.monotonic() - began) * 1000
-            turns = len(self.history)
-            self.log.info(
-                "session renewed in %.0f ms, %d turns replayed", took_ms, turns
-            )
+            ms, turns = (time.monotonic() - began) * 1000, len(self.history)
+            self.log.info("session renewed in %.0f ms, %d turns replayed", ms, turns)
 
     async def on_openai_event(self, event: dict) -> None:
         kind = event["type"]
@@ -465,12 +451,10 @@ class Call:
         self.item_ms = end_ms
         self.played_out.clear()
         sid = self.stream_sid
-        await self.send_twilio(
-            {"event": "media", "streamSid": sid, "media": {"payload": audio}}
-        )
-        await self.send_twilio(
-            {"event": "mark", "streamSid": sid, "mark": {"name": chunk.mark}}
-        )
+        media = {"event": "media", "streamSid": sid, "media": {"payload": audio}}
+        mark = {"event": "mark", "streamSid": sid, "mark": {"name": chunk.mark}}
+        await self.send_twilio(media)
+        await self.send_twilio(mark)
         if self.speech_stopped_at is not None:  # the first audio of a reply
             latency_ms = (time.monotonic() - self.speech_stopped_at) * 1000
             self.latencies_ms.append(latency_ms)
@@ -587,11 +571,9 @@ CALLS = web.AppKey("calls", set)
 
 async def media(request: web.Request) -> web.StreamResponse:
     """Twilio's Media Stream for one call."""
-    if not signature_ok(
+    check_signature(
         request, public_base(request, websocket=True) + request.raw_path, {}
-    ):
-        log.warning("GET /media from %s: bad signature, 403", request.remote)
-        raise web.HTTPForbidden(text="invalid Twilio signature")
+    )
     twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
     await twilio.prepare(request)
     call = Call(request.app, twilio)
@@ -636,14 +618,10 @@ def make_app(config: Config) -> web.Application:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     config = Config.from_env(dict(os.environ))
     if not config.openai_api_key:
-        sys.exit(
-            "OPENAI_API_KEY is not set: export your OpenAI API key and start again."
-        )
+        sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
     app = make_app(config)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("listening on port %d, model %s", config.port, config.model)

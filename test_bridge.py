@@ -729,7 +729,8 @@ async def test_media_handshake_without_a_valid_signature_gets_403_and_no_openai(
         assert refused.value.status == 403
         await asyncio.sleep(0.1)
         assert w.openai.sessions == []
-        assert "GET /media from" in caplog.text and "bad signature" in caplog.text
+        assert "GET wss://example.com/media from" in caplog.text
+        assert "bad signature" in caplog.text
 
 
 BAD_MESSAGES = {
