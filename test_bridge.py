@@ -547,6 +547,16 @@ async def test_an_unreachable_openai_ends_the_call_cleanly(caplog):
 
 
 @async_test
+async def test_an_openai_handshake_that_hangs_ends_the_call(monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "CONNECT_TIMEOUT", 0.2)
+    async with world() as w:
+        w.openai.handshake_delay = 2
+        twilio = await w.call()
+        await twilio.wait_closed()
+        assert "could not open the OpenAI session" in caplog.text
+
+
+@async_test
 async def test_an_openai_error_event_is_logged_and_the_call_goes_on(caplog):
     async with world() as w:
         twilio, session = await w.answered_call()
