@@ -956,6 +956,22 @@ async def test_an_async_tool_returning_data_is_answered_as_json(monkeypatch):
         assert json.loads(await tool_output(session)) == {"city": "Oslo", "open": True}
 
 
+@async_test
+async def test_the_readmes_tool_example_works(monkeypatch):
+    readme = open(os.path.join(os.path.dirname(__file__), "README.md")).read()
+    example = readme.split("```python\n")[1].split("```")[0]
+    monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
+    exec(example, vars(bridge).copy())  # registers office_open through @tool
+    async with world() as w:
+        await w.call()
+        session = await w.openai.session()
+        update = await session.next()
+        assert "office_open" in [t["name"] for t in update["session"]["tools"]]
+        assert await session.next() == {"type": "response.create"}
+        await call_tool(session, "office_open", '{"day": "Sunday"}')
+        assert await tool_output(session) == "closed"
+
+
 async def broken(**kwargs):
     raise RuntimeError("database is down")
 
