@@ -355,6 +355,14 @@ async def speech_started(session: Session) -> None:
     )
 
 
+async def barge_in_at(twilio: FakeTwilio, session: Session, ms: int) -> None:
+    """The caller starts talking at stream time `ms`; the bridge must clear Twilio."""
+    await twilio.advance_to(ms)
+    await session.next_of("input_audio_buffer.append")  # the bridge saw the clock
+    await speech_started(session)
+    assert await twilio.receive() == {"event": "clear", "streamSid": twilio.stream_sid}
+
+
 async def play(twilio: FakeTwilio, count: int) -> list[dict]:
     """Receive `count` media+mark pairs from the bridge; return the marks."""
     marks = []
@@ -374,13 +382,7 @@ async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard():
         await play(twilio, 3)
         await twilio.advance_to(1100)
         await twilio.mark("1")  # the first 100 ms have played
-        await twilio.advance_to(1160)  # and 60 ms of the second
-        await session.next_of("input_audio_buffer.append")
-        await speech_started(session)
-        assert await twilio.receive() == {
-            "event": "clear",
-            "streamSid": twilio.stream_sid,
-        }
+        await barge_in_at(twilio, session, 1160)  # and 60 ms of the second
         assert await session.next() == {
             "type": "conversation.item.truncate",
             "item_id": "item_A",
@@ -398,14 +400,11 @@ async def test_truncate_counts_playback_not_generation_even_after_response_done(
             type="response.done", response={"id": "resp_1", "status": "completed"}
         )
         await play(twilio, 2)
-        await twilio.mark("1")
-        await twilio.advance_to(40)
-        await session.next_of("input_audio_buffer.append")
-        await speech_started(session)
-        assert (await twilio.receive())["event"] == "clear"
+        await twilio.mark("1")  # at stream time 0: the first 100 ms were heard
+        await barge_in_at(twilio, session, 40)
         truncate = await session.next()
         assert truncate["type"] == "conversation.item.truncate"
-        assert 100 <= truncate["audio_end_ms"] <= 140
+        assert truncate["audio_end_ms"] == 140
 
 
 @async_test
@@ -414,10 +413,7 @@ async def test_truncate_never_exceeds_the_audio_sent():
         twilio, session = await w.answered_call()
         await say(session, "item_A", "a1")  # 100 ms in all
         await play(twilio, 1)
-        await twilio.advance_to(5000)  # the mark is late: the clock ran far past
-        await session.next_of("input_audio_buffer.append")
-        await speech_started(session)
-        assert (await twilio.receive())["event"] == "clear"
+        await barge_in_at(twilio, session, 5000)  # the mark is late, the clock far on
         assert (await session.next())["audio_end_ms"] == 100
 
 
@@ -470,10 +466,7 @@ async def test_marks_flushed_by_clear_do_not_count_as_heard():
         await play(twilio, 2)
         await twilio.mark("1")  # Twilio returns the flushed marks after a clear
         await twilio.mark("2")
-        await twilio.advance_to(250)
-        await session.next_of("input_audio_buffer.append")
-        await speech_started(session)
-        assert (await twilio.receive())["event"] == "clear"
+        await barge_in_at(twilio, session, 250)
         truncate = await session.next()
         assert (truncate["item_id"], truncate["audio_end_ms"]) == ("item_B", 50)
 
