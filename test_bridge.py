@@ -34,6 +34,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import bridge
 
 TIMEOUT = 5  # seconds: a generous bound on anything a test waits for
+BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bridge.py")
 
 
 def audio(tag: str, size: int = 800) -> str:
@@ -570,7 +571,7 @@ async def test_an_openai_error_event_is_logged_and_the_call_goes_on(caplog):
 def test_missing_api_key_exits_non_zero_naming_it():
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     done = subprocess.run(
-        [sys.executable, "bridge.py"],
+        [sys.executable, BRIDGE],
         env=env,
         capture_output=True,
         text=True,
@@ -624,7 +625,7 @@ async def test_sigterm_closes_open_calls_on_both_sides():
             ),
         )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "bridge.py", env=env, stderr=subprocess.PIPE
+            sys.executable, BRIDGE, env=env, stderr=subprocess.PIPE
         )
         try:
             async with aiohttp.ClientSession() as http:
