@@ -108,17 +108,15 @@ def tool(description: str, parameters: dict) -> Callable:
 
 
 @tool(
-    "The current local date and time in a time zone.",
+    "The local date and time in an IANA time zone, e.g. Asia/Tokyo.",
     {
         "type": "object",
-        "properties": {
-            "timezone": {"type": "string", "description": "e.g. Asia/Tokyo"}
-        },
-        "required": ["timezone"],
+        "properties": {"zone": {"type": "string"}},
+        "required": ["zone"],
     },
 )
-def current_time(timezone: str) -> str:
-    return datetime.now(ZoneInfo(timezone)).strftime("%A %d %B %Y, %H:%M")
+def current_time(zone: str) -> str:
+    return datetime.now(ZoneInfo(zone)).strftime("%A %d %B %Y, %H:%M")
 
 
 @tool("Hang up. Call it right after saying goodbye.", {"type": "object"})
@@ -608,8 +606,7 @@ async def close_calls(app: web.Application) -> None:
 def make_app(config: Config) -> web.Application:
     if not config.twilio_auth_token:
         log.warning(
-            "TWILIO_AUTH_TOKEN is not set: requests are NOT checked to come from "
-            "Twilio. Fine on a dev box, never in production."
+            "TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev only)"
         )
     app = web.Application()
     app[CONFIG] = config

@@ -911,7 +911,7 @@ async def test_tools_are_declared_in_the_session_update():
             assert (
                 declared["description"] and declared["parameters"]["type"] == "object"
             )
-        assert tools["current_time"]["parameters"]["required"] == ["timezone"]
+        assert tools["current_time"]["parameters"]["required"] == ["zone"]
 
 
 async def call_tool(session: Session, name: str, arguments: str, call_id: str = "c1"):
@@ -941,7 +941,7 @@ async def tool_output(session: Session) -> str:
 async def test_a_tool_call_is_answered_with_its_output_then_a_response():
     async with world() as w:
         twilio, session = await w.answered_call()
-        await call_tool(session, "current_time", '{"timezone": "UTC"}')
+        await call_tool(session, "current_time", '{"zone": "UTC"}')
         output = await tool_output(session)
         assert str(datetime.datetime.now(datetime.timezone.utc).year) in output
 
@@ -987,7 +987,7 @@ async def slow(**kwargs):
     [
         ("no_such_tool", "{}", "error: no_such_tool failed: LookupError"),
         ("current_time", "{not json", "error: current_time failed: JSONDecodeError"),
-        ("current_time", '{"timezone": "Mars/Base"}', "error: current_time failed"),
+        ("current_time", '{"zone": "Mars/Base"}', "error: current_time failed"),
         ("broken", "{}", "error: broken failed: RuntimeError: database is down"),
         ("slow", "{}", "error: slow took longer than 0.2 s"),
     ],
