@@ -432,9 +432,8 @@ async def test_no_clear_and_no_truncate_when_the_reply_has_finished_playing():
         await twilio.speak("later")
         # The next thing each side sees is the new reply and the caller's audio.
         assert tag_of((await twilio.receive())["media"]["payload"]) == "b1"
-        assert (await session.next(skip_audio=False))[
-            "type"
-        ] == "input_audio_buffer.append"
+        event = await session.next(skip_audio=False)
+        assert event["type"] == "input_audio_buffer.append"
 
 
 @async_test
@@ -445,9 +444,8 @@ async def test_late_audio_of_an_interrupted_reply_is_not_played():
         await play(twilio, 1)
         await speech_started(session)
         assert (await twilio.receive())["event"] == "clear"
-        await say(
-            session, "item_A", "a2", "a3"
-        )  # still in flight when the caller spoke
+        # Audio still in flight when the caller spoke:
+        await say(session, "item_A", "a2", "a3")
         await say(session, "item_B", "b1")
         assert tag_of((await twilio.receive())["media"]["payload"]) == "b1"
 
