@@ -418,7 +418,7 @@ class Call:
             self.remember("user", event["transcript"])
         elif kind == "response.output_audio_transcript.done":
             self.remember("assistant", event["transcript"])
-        elif kind == "response.done" and event["response"]["status"] == "failed":
+        elif kind == "response.done" and event["response"].get("status") == "failed":
             details = event["response"].get("status_details")
             self.log.warning("response failed: %s", details)
         elif kind == "error" and event["error"].get("code") == "session_expired":
@@ -427,7 +427,9 @@ class Call:
             self.openai_ready.clear()  # caller audio waits for the new session
         elif kind == "error":
             error = event["error"]
-            self.log.warning("OpenAI error %s: %s", error.get("code"), error["message"])
+            self.log.warning(
+                "OpenAI error %s: %s", error.get("code"), error.get("message")
+            )
 
     # -- Playback, marks and barge-in ------------------------------------------
 
@@ -546,10 +548,18 @@ class Call:
         """Log a turn, keep it for a renewed session, add it to the transcript."""
         self.log.info("%s: %s", "caller" if role == "user" else "agent", text)
         self.history.append((role, text))
-        if self.transcript is not None:
-            now = datetime.now(timezone.utc).isoformat()
+        if self.transcript is None:
+            return
+        line = {
+            "role": role,
+            "text": text,
+            "time": datetime.now(timezone.utc).isoformat(),
+        }
+        try:
             with self.transcript.open("a", encoding="utf-8") as file:
-                file.write(json.dumps({"role": role, "text": text, "time": now}) + "\n")
+                file.write(json.dumps(line) + "\n")
+        except OSError as exc:  # a full disk or a bad TRANSCRIPT_DIR must not end calls
+            self.log.warning("transcript not written: %s", exc)
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
@@ -570,9 +580,8 @@ CALLS = web.AppKey("calls", set)
 
 async def media(request: web.Request) -> web.StreamResponse:
     """Twilio's Media Stream for one call."""
-    check_signature(
-        request, public_base(request, websocket=True) + request.raw_path, {}
-    )
+    url = public_base(request, websocket=True) + request.raw_path
+    check_signature(request, url, {})
     twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
     await twilio.prepare(request)
     call = Call(request.app, twilio)

@@ -563,6 +563,34 @@ async def test_an_openai_error_event_is_logged_and_the_call_goes_on(caplog):
         assert "OpenAI error bad_thing: nope" in caplog.text
 
 
+@async_test
+async def test_a_failed_response_is_logged_with_its_reason(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        details = {"type": "failed", "error": {"code": "insufficient_quota"}}
+        response = {"id": "r1", "status": "failed", "status_details": details}
+        await session.send(type="response.done", response=response)
+        await twilio.speak("still here")
+        assert await session.audio_tags(1) == ["still here"]
+        assert "response failed" in caplog.text and "insufficient_quota" in caplog.text
+
+
+@async_test
+async def test_malformed_openai_events_are_logged_and_skipped(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await session.ws.send_str("not json")
+        await session.send(
+            type="response.output_audio.delta", delta=audio("x")
+        )  # no item
+        await session.send(type="error")  # no error object
+        await say(session, "item_A", "a1")
+        assert tag_of((await twilio.receive())["media"]["payload"]) == "a1"
+        assert "OpenAI sent a message that is not an event" in caplog.text
+        assert "malformed response.output_audio.delta ignored" in caplog.text
+        assert "malformed error ignored" in caplog.text
+
+
 # ---------------------------------------------------------------- 8. start-up
 
 
@@ -1125,6 +1153,37 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
         ("assistant", "Nice to meet you, Ada."),
     ]
     assert all(t["time"] for t in turns)
+
+
+@async_test
+async def test_an_unwritable_transcript_dir_is_logged_and_the_call_goes_on(caplog):
+    async with world(transcript_dir="/nonexistent/transcripts") as w:
+        twilio, session = await w.answered_call()
+        await transcribed(session, "user", "Hello?")
+        await twilio.speak("still here")
+        assert await session.audio_tags(1) == ["still here"]
+        assert "transcript not written" in caplog.text
+
+
+@async_test
+async def test_a_caller_who_hangs_up_mid_reply_leaves_nothing_behind(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")
+        await twilio.receive()
+        await twilio.ws.close()
+        try:  # the model is still talking into the closed call
+            for i in range(20):
+                await say(session, "item_A", f"late{i}")
+        except ConnectionResetError:
+            pass  # the bridge closed the OpenAI socket first
+        await session.wait_closed()
+        for _ in range(50):
+            if not w.app[bridge.CALLS] and not bridge_tasks():
+                break
+            await asyncio.sleep(0.02)
+        assert w.app[bridge.CALLS] == set() and bridge_tasks() == []
+        assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
 
 
 # =========================================== Calls that outlive a session
