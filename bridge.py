@@ -550,11 +550,8 @@ class Call:
         self.history.append((role, text))
         if self.transcript is None:
             return
-        line = {
-            "role": role,
-            "text": text,
-            "time": datetime.now(timezone.utc).isoformat(),
-        }
+        now = datetime.now(timezone.utc).isoformat()
+        line = {"role": role, "text": text, "time": now}
         try:
             with self.transcript.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(line) + "\n")
