@@ -350,6 +350,12 @@ async def test_agent_audio_goes_down_with_the_stream_sid_each_followed_by_a_mark
 # ------------------------------------------------------------- 6. barge-in
 
 
+async def call_goes_on(twilio: FakeTwilio, session: Session) -> None:
+    """After a fault the bridge shrugged off, caller audio still reaches OpenAI."""
+    await twilio.speak("still here")
+    assert await session.audio_tags(1) == ["still here"]
+
+
 async def speech_started(session: Session) -> None:
     await session.send(
         type="input_audio_buffer.speech_started", audio_start_ms=0, item_id="u1"
@@ -558,8 +564,7 @@ async def test_an_openai_error_event_is_logged_and_the_call_goes_on(caplog):
             "message": "nope",
         }
         await session.send(type="error", event_id="e1", error=error)
-        await twilio.speak("still here")
-        assert await session.audio_tags(1) == ["still here"]
+        await call_goes_on(twilio, session)
         assert "OpenAI error bad_thing: nope" in caplog.text
 
 
@@ -570,8 +575,7 @@ async def test_a_failed_response_is_logged_with_its_reason(caplog):
         details = {"type": "failed", "error": {"code": "insufficient_quota"}}
         response = {"id": "r1", "status": "failed", "status_details": details}
         await session.send(type="response.done", response=response)
-        await twilio.speak("still here")
-        assert await session.audio_tags(1) == ["still here"]
+        await call_goes_on(twilio, session)
         assert "response failed" in caplog.text and "insufficient_quota" in caplog.text
 
 
@@ -1031,8 +1035,7 @@ async def test_a_failing_tool_becomes_an_error_output_and_the_call_goes_on(
         await call_tool(session, name, arguments)
         assert (await tool_output(session)).startswith(expected)
         assert f"tool {expected}" in caplog.text
-        await twilio.speak("still here")
-        assert await session.audio_tags(1) == ["still here"]
+        await call_goes_on(twilio, session)
 
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["async", "plain"])
@@ -1160,8 +1163,7 @@ async def test_an_unwritable_transcript_dir_is_logged_and_the_call_goes_on(caplo
     async with world(transcript_dir="/nonexistent/transcripts") as w:
         twilio, session = await w.answered_call()
         await transcribed(session, "user", "Hello?")
-        await twilio.speak("still here")
-        assert await session.audio_tags(1) == ["still here"]
+        await call_goes_on(twilio, session)
         assert "transcript not written" in caplog.text
 
 
