@@ -363,8 +363,9 @@ class Call:
         try:
             openai = await self.http.ws_connect(url, headers=headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            why = getattr(exc, "status", None) and f"HTTP {exc.status}"  # refused
-            self.log.error("could not open the OpenAI session: %s", why or repr(exc))
+            refused = isinstance(exc, aiohttp.WSServerHandshakeError)
+            why = f"HTTP {exc.status}" if refused else repr(exc)
+            self.log.error("could not open the OpenAI session: %s", why)
             return False
         await openai.send_str(json.dumps(session_update(self.config)))
         for role, text in self.history:

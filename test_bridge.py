@@ -370,13 +370,11 @@ async def barge_in_at(twilio: FakeTwilio, session: Session, ms: int) -> None:
     assert await twilio.receive() == {"event": "clear", "streamSid": twilio.stream_sid}
 
 
-async def play(twilio: FakeTwilio, count: int) -> list[dict]:
-    """Receive `count` media+mark pairs from the bridge; return the marks."""
-    marks = []
+async def play(twilio: FakeTwilio, count: int) -> None:
+    """Receive `count` media+mark pairs from the bridge (Twilio queues them)."""
     for _ in range(count):
         assert (await twilio.receive())["event"] == "media"
-        marks.append(await twilio.receive())
-    return marks
+        assert (await twilio.receive())["event"] == "mark"
 
 
 @async_test
