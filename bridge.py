@@ -88,6 +88,10 @@ GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last ma
 # matters (names, what was agreed), and every replayed word is paid for again as
 # input on each later response.
 REPLAY_TURNS = 40
+# Agent audio gets a mark every MARK_EVERY_MS and at the end of each reply, not
+# after every delta: between marks the stream clock says how far playback got,
+# and each mark costs a message each way.
+MARK_EVERY_MS = 1000
 
 # ----------------------------------------------------------------------------
 # Tools: a Python function (plain or async) and a JSON Schema of its arguments.
@@ -198,7 +202,7 @@ async def incoming(request: web.Request) -> web.Response:
 
 
 class Chunk(NamedTuple):
-    """A piece of agent audio sent to Twilio, followed by a mark of the same name."""
+    """A stretch of agent audio sent to Twilio, ended by a mark of the same name."""
 
     mark: str
     item_id: str
@@ -242,7 +246,8 @@ class Call:
         self.item_id = ""  # the assistant item whose audio we are forwarding
         self.item_ms = 0.0  # how much of it we have sent
         self.cut_items: set[str] = set()  # interrupted: late audio must not play
-        self.marks_sent = 0
+        self.chunks = 0  # chunks so far: each is named by its number
+        self.mark_pending = False  # the newest chunk's mark is not sent yet
         # The conversation as text, and how fast the agent answers.
         self.history: deque[tuple[str, str]] = deque(maxlen=REPLAY_TURNS)
         self.started = time.monotonic()
@@ -303,20 +308,16 @@ class Call:
 
     async def pump_twilio(self) -> None:
         async for msg in self.twilio:
-            if await self.on_twilio_message(msg):
-                return
+            event = self.parse(msg, "Twilio", "event")
+            try:
+                if event is not None and await self.on_twilio_event(event):
+                    return
+            except (KeyError, TypeError, ValueError) as exc:
+                self.log.warning("malformed Twilio %s ignored: %r", event["event"], exc)
         self.log.info("Twilio socket closed")
 
-    async def on_twilio_message(self, msg: aiohttp.WSMessage) -> bool:
-        """Act on one Twilio message; True when the stream has stopped."""
-        event = self.parse(msg, "Twilio", "event")
-        try:
-            return event is not None and await self.on_twilio_event(event)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.log.warning("malformed Twilio %s ignored: %r", event["event"], exc)
-            return False
-
     async def on_twilio_event(self, event: dict) -> bool:
+        """Act on one Twilio message; True when the stream has stopped."""
         kind = event["event"]
         if kind == "media" and self.stream_sid:
             media = event["media"]
@@ -419,9 +420,11 @@ class Call:
             self.remember("user", event["transcript"])
         elif kind == "response.output_audio_transcript.done":
             self.remember("assistant", event["transcript"])
-        elif kind == "response.done" and event["response"].get("status") == "failed":
-            details = event["response"].get("status_details")
-            self.log.warning("response failed: %s", details)
+        elif kind == "response.done":
+            await self.send_mark()  # the reply's last audio
+            if event["response"].get("status") == "failed":
+                details = event["response"].get("status_details")
+                self.log.warning("response failed: %s", details)
         elif kind == "error" and event["error"].get("code") == "session_expired":
             self.log.info("the session reached its time limit: renewing it")
             self.session_expired = True
@@ -438,30 +441,43 @@ class Call:
         await self.twilio.send_str(json.dumps(message))
 
     async def play(self, item_id: str, audio: str) -> None:
-        """Send a piece of the agent's voice to the caller, and a mark after it:
-        Twilio sends the mark back once the caller has heard the piece."""
+        """Send a piece of the agent's voice to the caller. It joins the newest
+        chunk until that chunk is MARK_EVERY_MS long or the reply ends."""
         if item_id in self.cut_items:
             return  # the caller interrupted this reply: its late audio must not play
         if item_id != self.item_id:
+            await self.send_mark()  # a new reply: the last one's audio has ended
             self.item_id, self.item_ms = item_id, 0.0
         if not self.unplayed:
             self.playing_since = self.stream_ms  # nothing queued: it plays from now
-        self.marks_sent += 1
         end_ms = self.item_ms + audio_ms(audio)
-        chunk = Chunk(str(self.marks_sent), item_id, self.item_ms, end_ms)
+        if self.mark_pending:  # the newest chunk is still open: extend it
+            chunk = self.unplayed.pop()._replace(end_ms=end_ms)
+        else:
+            self.chunks += 1
+            chunk = Chunk(str(self.chunks), item_id, self.item_ms, end_ms)
         self.unplayed.append(chunk)
-        self.item_ms = end_ms
+        self.item_ms, self.mark_pending = end_ms, True
         self.played_out.clear()
         sid = self.stream_sid
         media = {"event": "media", "streamSid": sid, "media": {"payload": audio}}
-        mark = {"event": "mark", "streamSid": sid, "mark": {"name": chunk.mark}}
         await self.send_twilio(media)
-        await self.send_twilio(mark)
+        if chunk.end_ms - chunk.start_ms >= MARK_EVERY_MS:
+            await self.send_mark()
         if self.speech_stopped_at is not None:  # the first audio of a reply
             latency_ms = (time.monotonic() - self.speech_stopped_at) * 1000
             self.latencies_ms.append(latency_ms)
             self.speech_stopped_at = None
             self.log.info("reply latency %.0f ms", latency_ms)
+
+    async def send_mark(self) -> None:
+        """End the newest chunk with its mark: Twilio sends the mark back once the
+        caller has heard all the audio before it."""
+        if self.mark_pending:
+            self.mark_pending = False
+            mark = {"event": "mark", "streamSid": self.stream_sid}
+            mark["mark"] = {"name": self.unplayed[-1].mark}
+            await self.send_twilio(mark)
 
     def on_mark(self, name: str) -> None:
         """Twilio has played up to this mark. Marks flushed by a clear match
@@ -470,6 +486,7 @@ class Call:
             self.unplayed.popleft()
             self.playing_since = self.stream_ms
             if not self.unplayed:
+                self.mark_pending = False  # was True only if a forged mark came early
                 self.played_out.set()
 
     async def interrupt(self) -> None:
@@ -487,6 +504,7 @@ class Call:
         cut[playing.item_id] = int(heard_ms)
         self.cut_items.update(cut)
         self.unplayed.clear()
+        self.mark_pending = False
         self.played_out.set()
         await self.send_twilio({"event": "clear", "streamSid": self.stream_sid})
         for item_id, end_ms in cut.items():

@@ -313,8 +313,8 @@ async def test_caller_audio_goes_up_in_order_even_during_the_handshake():
 # ------------------------------------------------------ 5. agent audio down
 
 
-async def say(session: Session, item: str, *tags: str) -> None:
-    """The model speaks: one audio delta per tag, all of item `item`."""
+async def say(session: Session, item: str, *tags: str, ms: int = 100) -> None:
+    """The model speaks: one audio delta of `ms` per tag, all of item `item`."""
     for tag in tags:
         await session.send(
             type="response.output_audio.delta",
@@ -322,29 +322,60 @@ async def say(session: Session, item: str, *tags: str) -> None:
             item_id=item,
             output_index=0,
             content_index=0,
-            delta=audio(tag),
+            delta=audio(tag, 8 * ms),
         )
 
 
+async def reply_done(session: Session) -> None:
+    """The model has finished its reply (its audio may still be playing)."""
+    await session.send(
+        type="response.done", response={"id": "resp_1", "status": "completed"}
+    )
+
+
+def in_short(message: dict) -> str:
+    """A message to Twilio in short: "media a1", "mark 1" or "clear"."""
+    if message["event"] == "media":
+        return "media " + tag_of(message["media"]["payload"])
+    if message["event"] == "mark":
+        return "mark " + message["mark"]["name"]
+    return message["event"]
+
+
+async def expect(twilio: FakeTwilio, *messages: str) -> None:
+    """The next messages Twilio gets are these, in this order."""
+    assert [in_short(await twilio.receive()) for _ in messages] == list(messages)
+
+
 @async_test
-async def test_agent_audio_goes_down_with_the_stream_sid_each_followed_by_a_mark():
+async def test_agent_audio_goes_down_with_the_stream_sid_and_marks():
     async with world() as w:
         twilio, session = await w.answered_call()
-        await say(session, "item_A", "a1", "a2")
-        media = await twilio.receive()
-        assert media == {
+        await say(session, "item_A", *[f"a{i}" for i in range(1, 13)])  # 1.2 s
+        assert await twilio.receive() == {
             "event": "media",
             "streamSid": twilio.stream_sid,
             "media": {"payload": audio("a1")},
         }
-        mark = await twilio.receive()
-        assert mark == {
+        # A mark after every second of audio (MARK_EVERY_MS)...
+        await expect(twilio, *[f"media a{i}" for i in range(2, 11)], "mark 1")
+        await expect(twilio, "media a11", "media a12")
+        await reply_done(session)
+        # ...and after the reply's last audio.
+        assert await twilio.receive() == {
             "event": "mark",
             "streamSid": twilio.stream_sid,
-            "mark": {"name": "1"},
+            "mark": {"name": "2"},
         }
-        assert tag_of((await twilio.receive())["media"]["payload"]) == "a2"
-        assert (await twilio.receive())["mark"]["name"] == "2"
+
+
+@async_test
+async def test_a_new_reply_marks_the_end_of_the_last_one():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")
+        await say(session, "item_B", "b1")  # no response.done in between
+        await expect(twilio, "media a1", "mark 1", "media b1")
 
 
 # ------------------------------------------------------------- 6. barge-in
@@ -367,14 +398,7 @@ async def barge_in_at(twilio: FakeTwilio, session: Session, ms: int) -> None:
     await twilio.advance_to(ms)
     await session.next_of("input_audio_buffer.append")  # the bridge saw the clock
     await speech_started(session)
-    assert await twilio.receive() == {"event": "clear", "streamSid": twilio.stream_sid}
-
-
-async def play(twilio: FakeTwilio, count: int) -> None:
-    """Receive `count` media+mark pairs from the bridge (Twilio queues them)."""
-    for _ in range(count):
-        assert (await twilio.receive())["event"] == "media"
-        assert (await twilio.receive())["event"] == "mark"
+    await expect(twilio, "clear")
 
 
 @async_test
@@ -383,16 +407,16 @@ async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard():
         twilio, session = await w.answered_call()
         await twilio.advance_to(1000)
         await session.next_of("input_audio_buffer.append")
-        await say(session, "item_A", "a1", "a2", "a3")  # 300 ms, sent at once
-        await play(twilio, 3)
-        await twilio.advance_to(1100)
-        await twilio.mark("1")  # the first 100 ms have played
-        await barge_in_at(twilio, session, 1160)  # and 60 ms of the second
+        await say(session, "item_A", "a1", "a2", "a3", ms=500)  # sent at once
+        await expect(twilio, "media a1", "media a2", "mark 1", "media a3")
+        await twilio.advance_to(2000)
+        await twilio.mark("1")  # the first second has played
+        await barge_in_at(twilio, session, 2060)  # and 60 ms of the rest
         assert await session.next() == {
             "type": "conversation.item.truncate",
             "item_id": "item_A",
             "content_index": 0,
-            "audio_end_ms": 160,
+            "audio_end_ms": 1060,
         }
 
 
@@ -400,25 +424,23 @@ async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard():
 async def test_truncate_counts_playback_not_generation_even_after_response_done():
     async with world() as w:
         twilio, session = await w.answered_call()
-        await say(session, "item_A", "a1", "a2")
-        await session.send(
-            type="response.done", response={"id": "resp_1", "status": "completed"}
-        )
-        await play(twilio, 2)
-        await twilio.mark("1")  # at stream time 0: the first 100 ms were heard
+        await say(session, "item_A", "a1", "a2", "a3", ms=500)
+        await reply_done(session)
+        await expect(twilio, "media a1", "media a2", "mark 1", "media a3", "mark 2")
+        await twilio.mark("1")  # at stream time 0: the first second was heard
         await barge_in_at(twilio, session, 40)
         truncate = await session.next()
         assert truncate["type"] == "conversation.item.truncate"
-        assert truncate["audio_end_ms"] == 140
+        assert truncate["audio_end_ms"] == 1040
 
 
 @async_test
 async def test_truncate_never_exceeds_the_audio_sent():
     async with world() as w:
         twilio, session = await w.answered_call()
-        await say(session, "item_A", "a1")  # 100 ms in all
-        await play(twilio, 1)
-        await barge_in_at(twilio, session, 5000)  # the mark is late, the clock far on
+        await say(session, "item_A", "a1")  # 100 ms in all, its mark not sent yet
+        await expect(twilio, "media a1")
+        await barge_in_at(twilio, session, 5000)  # the clock far on
         assert (await session.next())["audio_end_ms"] == 100
 
 
@@ -427,7 +449,8 @@ async def test_no_clear_and_no_truncate_when_the_reply_has_finished_playing():
     async with world() as w:
         twilio, session = await w.answered_call()
         await say(session, "item_A", "a1")
-        await play(twilio, 1)
+        await reply_done(session)
+        await expect(twilio, "media a1", "mark 1")
         await twilio.mark("1")  # all heard
         await twilio.speak("after")
         assert await session.audio_tags(1) == ["after"]
@@ -435,7 +458,7 @@ async def test_no_clear_and_no_truncate_when_the_reply_has_finished_playing():
         await say(session, "item_B", "b1")
         await twilio.speak("later")
         # The next thing each side sees is the new reply and the caller's audio.
-        assert tag_of((await twilio.receive())["media"]["payload"]) == "b1"
+        await expect(twilio, "media b1")
         event = await session.next(skip_audio=False)
         assert event["type"] == "input_audio_buffer.append"
 
@@ -445,33 +468,44 @@ async def test_late_audio_of_an_interrupted_reply_is_not_played():
     async with world() as w:
         twilio, session = await w.answered_call()
         await say(session, "item_A", "a1")
-        await play(twilio, 1)
+        await expect(twilio, "media a1")
         await speech_started(session)
-        assert (await twilio.receive())["event"] == "clear"
+        await expect(twilio, "clear")
         # Audio still in flight when the caller spoke:
         await say(session, "item_A", "a2", "a3")
         await say(session, "item_B", "b1")
-        assert tag_of((await twilio.receive())["media"]["payload"]) == "b1"
+        await expect(twilio, "media b1")
 
 
 @async_test
 async def test_marks_flushed_by_clear_do_not_count_as_heard():
     async with world() as w:
         twilio, session = await w.answered_call()
-        await say(session, "item_A", "a1", "a2")
-        await play(twilio, 2)
+        await say(session, "item_A", "a1", "a2", ms=500)
+        await expect(twilio, "media a1", "media a2", "mark 1")
         await speech_started(session)
-        assert (await twilio.receive())["event"] == "clear"
+        await expect(twilio, "clear")
         assert (await session.next())["item_id"] == "item_A"
         await twilio.advance_to(200)
         await session.next_of("input_audio_buffer.append")
         await say(session, "item_B", "b1", "b2")
-        await play(twilio, 2)
-        await twilio.mark("1")  # Twilio returns the flushed marks after a clear
-        await twilio.mark("2")
+        await expect(twilio, "media b1", "media b2")
+        await twilio.mark("1")  # Twilio returns the flushed mark after the clear
         await barge_in_at(twilio, session, 250)
         truncate = await session.next()
         assert (truncate["item_id"], truncate["audio_end_ms"]) == ("item_B", 50)
+
+
+@async_test
+async def test_a_mark_that_comes_before_it_was_sent_does_no_harm():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_A", "a1")
+        await expect(twilio, "media a1")
+        await twilio.mark("1")  # forged: the bridge has not sent mark 1 yet
+        await say(session, "item_A", "a2")
+        await reply_done(session)
+        await expect(twilio, "media a2", "mark 2")
 
 
 @async_test
@@ -480,9 +514,9 @@ async def test_a_reply_queued_behind_the_one_playing_is_truncated_to_zero():
         twilio, session = await w.answered_call()
         await say(session, "item_A", "a1")
         await say(session, "item_B", "b1")
-        await play(twilio, 2)
+        await expect(twilio, "media a1", "mark 1", "media b1")
         await speech_started(session)
-        assert (await twilio.receive())["event"] == "clear"
+        await expect(twilio, "clear")
         first, second = await session.next(), await session.next()
         assert (first["item_id"], first["audio_end_ms"]) == ("item_A", 0)
         assert (second["item_id"], second["audio_end_ms"]) == ("item_B", 0)
@@ -1066,9 +1100,10 @@ async def test_a_running_tool_does_not_hold_up_the_audio(blocking, monkeypatch):
 async def test_end_call_hangs_up_after_the_goodbye_has_been_heard():
     async with world() as w:
         twilio, session = await w.answered_call()
-        await say(session, "item_bye", "bye1", "bye2")
+        await say(session, "item_bye", "bye1", "bye2", ms=1000)
         await call_tool(session, "end_call", "{}")
-        await play(twilio, 2)
+        await reply_done(session)
+        await expect(twilio, "media bye1", "mark 1", "media bye2", "mark 2")
         await twilio.mark("1")
         await twilio.speak("still on")  # half the goodbye heard: the call is up
         assert await session.audio_tags(1) == ["still on"]
@@ -1094,7 +1129,7 @@ async def test_a_keypress_interrupts_and_reaches_the_model_as_text():
     async with world() as w:
         twilio, session = await w.answered_call()
         await say(session, "item_menu", "m1")
-        await play(twilio, 1)
+        await expect(twilio, "media m1")
         await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": "5"})
         assert (await twilio.receive())["event"] == "clear"
         assert (await session.next())["type"] == "conversation.item.truncate"
@@ -1126,7 +1161,7 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
         )
         await session.send(type="input_audio_buffer.speech_stopped", audio_end_ms=900)
         await say(session, "item_A", "a1")
-        await play(twilio, 1)
+        await expect(twilio, "media a1")
         await session.send(
             type="response.output_audio_transcript.done",
             item_id="item_A",
