@@ -231,7 +231,6 @@ class Call:
         self.twilio = twilio
         self.openai: aiohttp.ClientWebSocketResponse | None = None
         self.openai_ready = asyncio.Event()  # cleared while the session is renewed
-        self.session_expired = False
         self.stream_sid = ""
         self.stream_started = asyncio.Event()
         self.log = CallLog(log, {"call": "new call"})
@@ -395,12 +394,12 @@ class Call:
                         await self.on_openai_event(event)
                 except (KeyError, TypeError, ValueError) as exc:
                     self.log.warning("malformed %s ignored: %r", event["type"], exc)
-            if not self.session_expired:
+            if self.openai_ready.is_set():  # not expired: OpenAI ended the session
                 code = self.openai.close_code
                 self.log.info("OpenAI closed the session (code %s): hanging up", code)
                 return
             # The session hit OpenAI's time limit: a new one, and the caller stays.
-            began, self.session_expired = time.monotonic(), False
+            began = time.monotonic()
             if not await self.open_session():
                 return
             ms, turns = (time.monotonic() - began) * 1000, len(self.history)
@@ -427,7 +426,6 @@ class Call:
                 self.log.warning("response failed: %s", details)
         elif kind == "error" and event["error"].get("code") == "session_expired":
             self.log.info("the session reached its time limit: renewing it")
-            self.session_expired = True
             self.openai_ready.clear()  # caller audio waits for the new session
         elif kind == "error":
             error = event["error"]
