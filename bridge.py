@@ -244,7 +244,7 @@ class Call:
         self.played_out.set()
         self.item_id = ""  # the assistant item whose audio we are forwarding
         self.item_ms = 0.0  # how much of it we have sent
-        self.cut_items: set[str] = set()  # interrupted: late audio must not play
+        self.cut_item = ""  # the reply interrupted last: its late audio must not play
         self.chunks = 0  # chunks so far: each is named by its number
         self.mark_pending = False  # the newest chunk's mark is not sent yet
         # The conversation as text, and how fast the agent answers.
@@ -441,7 +441,7 @@ class Call:
     async def play(self, item_id: str, audio: str) -> None:
         """Send a piece of the agent's voice to the caller. It joins the newest
         chunk until that chunk is MARK_EVERY_MS long or the reply ends."""
-        if item_id in self.cut_items:
+        if item_id == self.cut_item:
             return  # the caller interrupted this reply: its late audio must not play
         if item_id != self.item_id:
             await self.send_mark()  # a new reply: the last one's audio has ended
@@ -490,7 +490,7 @@ class Call:
     async def interrupt(self) -> None:
         """The caller spoke (or pressed a key): stop the agent's audio at once, and
         tell the model how much of its reply the caller actually heard."""
-        self.cut_items = {self.item_id}  # if still generating, the server cancels it
+        self.cut_item = self.item_id  # if still generating, the server cancels it
         if not self.unplayed:
             return  # the reply had played to its end: nothing to cut
         self.barge_ins += 1
@@ -500,7 +500,6 @@ class Call:
         heard_ms = min(heard_ms, playing.end_ms)  # never past what was sent: an error
         cut = {chunk.item_id: 0 for chunk in self.unplayed}  # queued after: unheard
         cut[playing.item_id] = int(heard_ms)
-        self.cut_items.update(cut)
         self.unplayed.clear()
         self.mark_pending = False
         self.played_out.set()
