@@ -7,7 +7,8 @@ Each test runs the real bridge app on loopback between two fakes:
   `start`, 20 ms audio frames with a stream clock, marks and `stop`.
 Audio is never real: a payload is any base64 text, tagged so a test can tell
 whose audio went where. Tests assert what each side received, in what order,
-with which fields; time is only ever a generous timeout.
+with which fields. Time only ever bounds a wait, generously; one test also lets
+a goodbye play for half a second.
 """
 
 from __future__ import annotations
@@ -401,8 +402,13 @@ async def barge_in_at(twilio: FakeTwilio, session: Session, ms: int) -> None:
     await expect(twilio, "clear")
 
 
+@pytest.mark.parametrize("size", [160, 161, 162, 800])
+def test_audio_length_is_read_from_the_base64_text_without_decoding(size):
+    assert bridge.audio_ms(audio("x", size)) == size / 8  # 8 bytes a millisecond
+
+
 @async_test
-async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard():
+async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard(caplog):
     async with world() as w:
         twilio, session = await w.answered_call()
         await twilio.advance_to(1000)
@@ -418,6 +424,7 @@ async def test_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard():
             "content_index": 0,
             "audio_end_ms": 1060,
         }
+        assert "barge-in: item_A cut at 1060 ms" in caplog.text
 
 
 @async_test
@@ -442,6 +449,18 @@ async def test_truncate_never_exceeds_the_audio_sent():
         await expect(twilio, "media a1")
         await barge_in_at(twilio, session, 5000)  # the clock far on
         assert (await session.next())["audio_end_ms"] == 100
+
+
+@async_test
+async def test_a_stream_clock_that_goes_backwards_never_makes_a_negative_truncate():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await twilio.advance_to(1000)
+        await session.next_of("input_audio_buffer.append")
+        await say(session, "item_A", "a1")  # starts to play at 1000 ms
+        await expect(twilio, "media a1")
+        await barge_in_at(twilio, session, 500)  # a broken timestamp
+        assert (await session.next())["audio_end_ms"] == 0
 
 
 @async_test
@@ -717,8 +736,10 @@ FORM = {"CallSid": "CA1234567890ABCDE", "From": "+14158675310", "To": "+18005551
 
 
 def test_signatures_match_twilios_worked_examples():
-    url = "https://example.com/incoming"
-    assert bridge.twilio_signature(TOKEN, url, FORM) == "8jtk0mPGqPEMWOagtxeyKUgk/1I="
+    url, signature = "https://example.com/incoming", "8jtk0mPGqPEMWOagtxeyKUgk/1I="
+    assert bridge.twilio_signature(TOKEN, url, FORM) == signature
+    unsorted = dict(reversed(FORM.items()))  # Twilio signs the fields sorted by name
+    assert bridge.twilio_signature(TOKEN, url, unsorted) == signature
     media = "wss://example.com/media-stream"
     assert bridge.twilio_signature(TOKEN, media, {}) == "XFfwGS2Ev7f9qAP9MmRoMS7C724="
 
@@ -746,6 +767,15 @@ async def test_incoming_requires_a_valid_signature(headers, form, status):
         headers = {"Host": "example.com", **headers}
         response = await w.client.post("/incoming", data=form, headers=headers)
         assert response.status == status
+
+
+@async_test
+async def test_a_host_with_an_explicit_443_matches_a_signature_without_it():
+    async with world(twilio_auth_token=TOKEN) as w:
+        signed = sign("https://example.com/incoming", FORM)
+        headers = {"Host": "example.com:443", **signed}
+        response = await w.client.post("/incoming", data=FORM, headers=headers)
+        assert response.status == 200
 
 
 @async_test
@@ -809,7 +839,7 @@ BAD_MESSAGES = {
         "malformed",
     ),
     "media-null-payload": (
-        '{"event": "media", "media": {"payload": null}}',
+        '{"event": "media", "media": {"timestamp": "1", "payload": null}}',
         "malformed",
     ),
     "media-not-object": ('{"event": "media", "media": "x"}', "malformed"),
@@ -847,6 +877,23 @@ async def test_media_before_start_is_ignored(caplog):
         session = await w.openai.session()
         assert await session.audio_tags(1) == ["in time"]
         assert "media before start ignored" in caplog.text
+
+
+@pytest.mark.parametrize("stream_sid", ["", 5, None])
+@async_test
+async def test_a_start_without_a_usable_stream_sid_is_skipped(stream_sid, caplog):
+    async with world() as w:
+        twilio = await w.call(start=False)
+        await twilio.send(
+            event="start", streamSid=stream_sid, start={"streamSid": stream_sid}
+        )
+        await twilio.start()  # a good one follows: the call starts with it
+        session = await w.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        assert (await session.next())["type"] == "response.create"
+        await say(session, "item_A", "a1")
+        assert (await twilio.receive())["streamSid"] == twilio.stream_sid
+        assert "malformed Twilio start ignored" in caplog.text
 
 
 @async_test
@@ -1097,19 +1144,57 @@ async def test_a_running_tool_does_not_hold_up_the_audio(blocking, monkeypatch):
 
 
 @async_test
-async def test_end_call_hangs_up_after_the_goodbye_has_been_heard():
+async def test_a_tool_still_running_when_the_caller_hangs_up_is_cancelled(monkeypatch):
+    started = asyncio.Event()
+
+    async def forever() -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "too late"
+
+    monkeypatch.setitem(bridge.TOOLS, "forever", (forever, {}))
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await call_tool(session, "forever", "{}")
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        await twilio.send(event="stop", stop={})
+        await session.wait_closed()
+        for _ in range(50):
+            if not bridge_tasks():
+                break
+            await asyncio.sleep(0.02)
+        assert bridge_tasks() == []
+
+
+@async_test
+async def test_end_call_hangs_up_after_the_goodbye_has_been_heard(monkeypatch):
+    monkeypatch.setattr(bridge, "GOODBYE_GRACE", 0.1)  # counted after the goodbye
     async with world() as w:
         twilio, session = await w.answered_call()
         await say(session, "item_bye", "bye1", "bye2", ms=1000)
         await call_tool(session, "end_call", "{}")
         await reply_done(session)
         await expect(twilio, "media bye1", "mark 1", "media bye2", "mark 2")
+        await asyncio.sleep(0.5)  # the 2 s goodbye is still playing: no hang-up yet
         await twilio.mark("1")
         await twilio.speak("still on")  # half the goodbye heard: the call is up
         assert await session.audio_tags(1) == ["still on"]
         await twilio.mark("2")
         await twilio.wait_closed()
         await session.wait_closed()
+
+
+@async_test
+async def test_a_goodbye_the_caller_talks_over_hangs_up_at_once(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        await say(session, "item_bye", "bye1", ms=1000)
+        await call_tool(session, "end_call", "{}")
+        await expect(twilio, "media bye1", "mark 1")
+        await speech_started(session)  # the clear flushes the goodbye and its mark
+        await expect(twilio, "clear")
+        await twilio.wait_closed()  # no wait for a mark that will never mean "heard"
+        assert "the goodbye's last mark never came back" not in caplog.text
 
 
 @async_test
@@ -1160,8 +1245,8 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
             transcript="My name is Ada.",
         )
         await session.send(type="input_audio_buffer.speech_stopped", audio_end_ms=900)
-        await say(session, "item_A", "a1")
-        await expect(twilio, "media a1")
+        await say(session, "item_A", "a1", "a2")  # the latency is to the first delta
+        await expect(twilio, "media a1", "media a2")
         await session.send(
             type="response.output_audio_transcript.done",
             item_id="item_A",
@@ -1178,7 +1263,7 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
     tag = f"[{twilio.call_sid}]"
     assert f"{tag} caller: My name is Ada." in caplog.text
     assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
-    assert f"{tag} reply latency" in caplog.text
+    assert caplog.text.count(f"{tag} reply latency") == 1
     assert (
         "1 turns, median reply latency" in caplog.text and "1 barge-ins" in caplog.text
     )
@@ -1189,6 +1274,21 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
         ("assistant", "Nice to meet you, Ada."),
     ]
     assert all(t["time"] for t in turns)
+
+
+@async_test
+async def test_a_hostile_call_sid_cannot_write_outside_the_transcript_dir(tmp_path):
+    transcripts = tmp_path / "transcripts"
+    transcripts.mkdir()
+    async with world(transcript_dir=str(transcripts)) as w:
+        twilio = await w.call(start=False)
+        twilio.call_sid = "../CA1"  # would land beside the folder, not in it
+        await twilio.start()
+        session = await w.openai.session()
+        await transcribed(session, "user", "Hello?")
+        await call_goes_on(twilio, session)
+    assert [p.name for p in tmp_path.rglob("*.jsonl")] == ["CA1.jsonl"]
+    assert (transcripts / "CA1.jsonl").exists()
 
 
 @async_test
@@ -1219,6 +1319,21 @@ async def test_a_caller_who_hangs_up_mid_reply_leaves_nothing_behind(caplog):
             await asyncio.sleep(0.02)
         assert w.app[bridge.CALLS] == set() and bridge_tasks() == []
         assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
+
+
+@async_test
+async def test_a_peer_gone_mid_send_is_an_info_line_not_an_error(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        (call,) = w.app[bridge.CALLS]
+
+        async def send_to_a_closed_socket():  # what aiohttp raises then
+            raise ConnectionResetError("Cannot write to closing transport")
+
+        await asyncio.wait([call.start(send_to_a_closed_socket())])
+        await call_goes_on(twilio, session)
+        assert "socket closed under send_to_a_closed_socket" in caplog.text
+        assert "ERROR" not in caplog.text and "Traceback" not in caplog.text
 
 
 # =========================================== Calls that outlive a session
