@@ -942,6 +942,14 @@ def bridge_tasks() -> list[asyncio.Task]:
     return [t for t in asyncio.all_tasks() if t.get_coro().__name__ in names]
 
 
+async def wound_down(app: web.Application) -> None:
+    """Wait (generously) until the bridge holds no call and runs no task for one."""
+    for _ in range(50):
+        if not app[bridge.CALLS] and not bridge_tasks():
+            return
+        await asyncio.sleep(0.02)
+
+
 @async_test
 async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind():
     calls = 110  # past aiohttp's default pool of 100 connections
@@ -1159,10 +1167,7 @@ async def test_a_tool_still_running_when_the_caller_hangs_up_is_cancelled(monkey
         await asyncio.wait_for(started.wait(), TIMEOUT)
         await twilio.send(event="stop", stop={})
         await session.wait_closed()
-        for _ in range(50):
-            if not bridge_tasks():
-                break
-            await asyncio.sleep(0.02)
+        await wound_down(w.app)
         assert bridge_tasks() == []
 
 
@@ -1313,10 +1318,7 @@ async def test_a_caller_who_hangs_up_mid_reply_leaves_nothing_behind(caplog):
         except ConnectionResetError:
             pass  # the bridge closed the OpenAI socket first
         await session.wait_closed()
-        for _ in range(50):
-            if not w.app[bridge.CALLS] and not bridge_tasks():
-                break
-            await asyncio.sleep(0.02)
+        await wound_down(w.app)
         assert w.app[bridge.CALLS] == set() and bridge_tasks() == []
         assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
 
