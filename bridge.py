@@ -11,6 +11,9 @@
 # things the caller never heard. Twilio's marks and stream clock tell us (see
 # Call.interrupt).
 #
+# Every wait is bounded: a dead or stalled peer ends its call, never hangs it with
+# an OpenAI session still billed.
+#
 # Run it:  OPENAI_API_KEY=sk-... python bridge.py
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import inspect
 import json
 import logging
 import os
+import resource
 import statistics
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 from xml.sax.saxutils import quoteattr
@@ -81,7 +85,19 @@ class Config:
 
 
 MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
+MAX_OPENAI_MESSAGE = 16 * 1024 * 1024  # a long transcript can pass aiohttp's 4 MiB
 CONNECT_TIMEOUT = 10.0  # seconds for the OpenAI handshake, and for Twilio's `start`
+BODY_TIMEOUT = 5.0  # seconds for a webhook's body: a client that never ends it waits
+# Twilio sends a frame every 20 ms for the whole call, so a silent stream is a dead
+# one (a lost TCP path sends no FIN): no message for this long ends the call.
+TWILIO_SILENCE = 10.0
+SEND_TIMEOUT = 5.0  # seconds a send may wait on a peer that stopped reading
+WATCH_EVERY = 1.0  # seconds between checks of those two bounds
+CLOSE_TIMEOUT = 2.0  # seconds for a peer to answer our close before we drop it
+OPENAI_HEARTBEAT = 20.0  # seconds between pings: OpenAI is legitimately quiet
+STREAM_WAIT = 15.0  # seconds from a webhook to its stream: its proof expires then
+HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
+WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
 # A renewed session is told the last REPLAY_TURNS turns: recent turns hold what
@@ -184,15 +200,47 @@ def check_signature(request: web.Request, url: str, params: dict[str, str]) -> N
         raise web.HTTPForbidden(text="invalid Twilio signature")
 
 
+def call_proof(token: str, call_sid: str, expires: int = 0) -> str:
+    # The stream's proof that this bridge answered its call's webhook: the CallSid and
+    # an expiry signed with the auth token. A handshake's signature covers only the URL,
+    # the same for every call, so a captured one could be replayed; a proof cannot be
+    # reused for another call or later, and any instance can check it.
+    expires = expires or int(time.time() + STREAM_WAIT)
+    signed = f"{call_sid}:{expires}".encode()
+    return f"{expires}:{hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()}"
+
+
+def proof_ok(token: str, call_sid: str, proof: object) -> bool:
+    expires, _, _ = str(proof).partition(":")
+    if not expires.isdigit() or int(expires) < time.time():
+        return False
+    expected = call_proof(token, call_sid, int(expires))
+    return hmac.compare_digest(expected.encode(), str(proof).encode())
+
+
 async def incoming(request: web.Request) -> web.Response:
     """Twilio's voice webhook: answer with TwiML that streams the call to /media."""
-    form = await request.post()
+    try:  # aiohttp would wait for a body that never ends
+        async with asyncio.timeout(BODY_TIMEOUT):
+            form = await request.post()
+    except TimeoutError:
+        log.warning("POST /incoming from %s: no body in time", request.remote)
+        timed_out = web.Response(status=408, text="request timeout")
+        timed_out.force_close()
+        return timed_out
     check_signature(request, public_base(request) + request.raw_path, dict(form))
+    call_sid = str(form.get("CallSid", ""))
     stream_url = public_base(request, websocket=True) + "/media"
-    log.info("[%s] incoming call, streamed to %s", form.get("CallSid"), stream_url)
-    # No query string on the stream URL: Twilio drops it. Nothing after <Connect>,
-    # so when we close the socket, the call hangs up.
-    stream = f"<Stream url={quoteattr(stream_url)}/>"
+    log.info("[%s] incoming call, streamed to %s", printable(call_sid), stream_url)
+    token = request.app[CONFIG].twilio_auth_token
+    parameters = {"proof": call_proof(token, call_sid)} if token else {}
+    # No query string on the stream URL: Twilio drops it, so values for the stream
+    # travel as <Parameter>s. Nothing after <Connect>: when we close, the call ends.
+    stream = "".join(
+        f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>"
+        for k, v in parameters.items()
+    )
+    stream = f"<Stream url={quoteattr(stream_url)}>{stream}</Stream>"
     twiml = f"<Response><Connect>{stream}</Connect></Response>"
     return web.Response(text=twiml, content_type="text/xml")
 
@@ -215,27 +263,77 @@ def audio_ms(payload: str) -> float:
     return (len(payload) * 3 // 4 - payload.count("=", -2)) / 8
 
 
+def printable(value: object, limit: int = 80) -> str:
+    # Text from a peer, fit for one log line: cut short, and control characters escaped,
+    # so a newline in a CallSid cannot forge a line of its own.
+    text = str(value)
+    text = text[:limit] + ("..." if len(text) > limit else "")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class CallLog(logging.LoggerAdapter):
-    """Starts every line with the call's id, to follow one call in a busy log."""
+    # Starts every line with the call's id, to follow one call in a busy log, and logs
+    # only the first few warnings of a kind: a peer could repeat one forever.
+
+    def __init__(self, call_sid: str) -> None:
+        super().__init__(log, {"call": printable(call_sid, 40)})
+        self.warnings: Counter[str] = Counter()
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['call']}] {msg}", kwargs
+        return f"[{self.extra['call']}] {msg}", kwargs  # type: ignore[index]
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self.warnings[msg] += 1
+        if self.warnings[msg] <= WARNINGS_SHOWN:
+            super().warning(msg, *args, **kwargs)
+
+
+def parse(msg: aiohttp.WSMessage, side: str, key: str, log: CallLog) -> dict | None:
+    """A JSON object with a string `key`, or None (logged) for anything else."""
+    try:
+        event = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+    except ValueError:
+        event = None
+    if isinstance(event, dict) and isinstance(event.get(key), str):
+        return event
+    what = msg.data if msg.type == aiohttp.WSMsgType.ERROR else msg.type.name
+    log.warning("%s sent a message that is not an event (%s)", side, printable(what))
+    return None
+
+
+async def close_socket(socket: Any) -> None:
+    # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT. When the
+    # close is cancelled, aiohttp drops the connection, so the socket is gone.
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await socket.close()
+    except TimeoutError:
+        log.info("a peer did not answer our close: connection dropped")
+
+
+KEYPAD = set("0123456789*#ABCD")  # what a dtmf digit can be
 
 
 class Call:
     """One phone call: its two sockets, and what the two pumps share."""
 
-    def __init__(self, app: web.Application, twilio: web.WebSocketResponse) -> None:
+    def __init__(self, app: web.Application, call_sid: str) -> None:
+        self.app = app
         self.config: Config = app[CONFIG]
-        self.http: aiohttp.ClientSession = app[HTTP]
-        self.twilio = twilio
-        self.openai: aiohttp.ClientWebSocketResponse | None = None
-        self.openai_ready = asyncio.Event()  # cleared while the session is renewed
+        self.call_sid = call_sid
+        self.log = CallLog(call_sid)
+        self.twilio: web.WebSocketResponse | None = None  # until the stream starts
         self.stream_sid = ""
-        self.stream_started = asyncio.Event()
-        self.log = CallLog(log, {"call": "new call"})
+        self.openai: aiohttp.ClientWebSocketResponse | None = None
+        self.openai_ready = False  # False while the session opens or renews
+        self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
+        self.heard_at = time.monotonic()  # when Twilio's last message came
+        self.sending: dict[Any, float] = {}  # socket -> when a send to it began
         self.transcript: Path | None = None
+        if self.config.transcript_dir:
+            name = "".join(c for c in call_sid if c.isalnum()) or "call"
+            self.transcript = Path(self.config.transcript_dir) / f"{name}.jsonl"
         # Playback: what the caller has heard of the agent.
         self.stream_ms = 0  # Twilio's stream clock: the newest media timestamp
         self.unplayed: deque[Chunk] = deque()  # sent to Twilio, mark not back yet
@@ -254,27 +352,32 @@ class Call:
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
 
+    def attach(self, twilio: web.WebSocketResponse, start: dict) -> None:
+        """The call's Media Stream has started: audio can flow both ways."""
+        self.twilio, self.stream_sid = twilio, start["streamSid"]
+        self.log.info("stream %s started", printable(self.stream_sid))
+
     async def run(self) -> None:
+        """The call's whole life: its session, both pumps, the hang-up."""
         try:
-            # Twilio's first messages wait in its socket while this opens the OpenAI
-            # session. Open it here, in the request's own task: measured under load,
-            # a socket opened in a helper task (asyncio.wait_for, a pump) made every
-            # later message about 0.3 ms slower.
             if not await self.open_session():
                 return
-            pumps = [self.start(self.pump_twilio()), self.start(self.pump_openai())]
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            await self.send_openai({"type": "response.create"})  # the agent greets
+            pumps = [self.pump_twilio(), self.pump_openai(), self.watch()]
+            tasks = [self.start(pump) for pump in pumps]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await self.close()
             self.log.info(self.summary())
+            del self.app[CALLS][self.call_sid]
 
     async def close(self) -> None:
         """End the call on both sides. Safe to call more than once."""
         for task in list(self.tasks):
             task.cancel()
-        if self.openai is not None:
-            await self.openai.close()
-        await self.twilio.close()
+        for socket in (self.openai, self.twilio):
+            if socket is not None:
+                await close_socket(socket)
 
     def start(self, coroutine: Any) -> asyncio.Task:
         """Run a coroutine beside the pumps; close() cancels it with the call."""
@@ -291,110 +394,117 @@ class Call:
         elif error is not None:
             self.log.error("%s failed", task.get_coro().__name__, exc_info=error)
 
-    # -- From Twilio -----------------------------------------------------------
+    async def send(self, socket: Any, message: dict) -> None:
+        # A send waits while the peer is not reading. watch() bounds that wait.
+        self.sending[socket] = time.monotonic()
+        await socket.send_str(json.dumps(message))
+        self.sending.pop(socket, None)
 
-    def parse(self, msg: aiohttp.WSMessage, side: str, key: str) -> dict | None:
-        """A JSON object with a string `key`, or None (logged) for anything else."""
-        try:
-            event = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
-        except ValueError:
-            event = None
-        if isinstance(event, dict) and isinstance(event.get(key), str):
-            return event
-        what = msg.data if msg.type == aiohttp.WSMsgType.ERROR else msg.type.name
-        self.log.warning("%s sent a message that is not an event (%s)", side, what)
-        return None
+    async def watch(self) -> None:
+        """End the call when Twilio falls silent or a peer stops reading."""
+        # A stuck send would hold up its pump for good (the caller's `stop` unread).
+        # One check a second costs far less than a timer on every message: those
+        # made the bridge cost 1.4 times a bare forwarder.
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            now = time.monotonic()
+            stuck = [s for s, t in self.sending.items() if now - t > SEND_TIMEOUT]
+            if now - self.heard_at > TWILIO_SILENCE:
+                why = f"no message from Twilio for {TWILIO_SILENCE:g} s"
+            elif stuck:
+                side = "Twilio" if stuck[0] is self.twilio else "OpenAI"
+                why = f"{side} stopped reading for {SEND_TIMEOUT:g} s"
+            else:
+                continue
+            self.log.warning("%s: hanging up", why)
+            return
+
+    # -- From Twilio -----------------------------------------------------------
 
     async def pump_twilio(self) -> None:
         async for msg in self.twilio:
-            event = self.parse(msg, "Twilio", "event")
+            self.heard_at = time.monotonic()
+            event = parse(msg, "Twilio", "event", self.log)
             try:
                 if event is not None and await self.on_twilio_event(event):
                     return
             except (KeyError, TypeError, ValueError) as exc:
-                self.log.warning("malformed Twilio %s ignored: %r", event["event"], exc)
+                kind, why = printable(event["event"]), printable(repr(exc))
+                self.log.warning("malformed Twilio %s ignored: %s", kind, why)
         self.log.info("Twilio socket closed")
 
     async def on_twilio_event(self, event: dict) -> bool:
         """Act on one Twilio message; True when the stream has stopped."""
         kind = event["event"]
-        if kind == "media" and self.stream_sid:
+        if kind == "media":
             media = event["media"]
             if not isinstance(media["payload"], str):
                 raise TypeError("payload is not text")
             self.stream_ms = int(media["timestamp"])
             append = {"type": "input_audio_buffer.append", "audio": media["payload"]}
             await self.send_openai(append)
-        elif kind == "start" and not self.stream_sid:
-            self.on_start(event["start"])
         elif kind == "stop":
             self.log.info("Twilio stopped the stream: the caller hung up")
             return True
-        elif kind == "start":
-            self.log.warning("second start message ignored")
-        elif kind != "connected" and not self.stream_sid:
-            self.log.warning("%s before start ignored", kind)
         elif kind == "mark":
             self.on_mark(event["mark"]["name"])
+        elif kind == "dtmf" and event["dtmf"]["digit"] in KEYPAD:
+            await self.on_keypress(event["dtmf"]["digit"])
         elif kind == "dtmf":
-            await self.on_keypress(str(event["dtmf"]["digit"]))
+            digit = printable(event["dtmf"]["digit"])
+            self.log.warning("keypad digit %s ignored: not 0-9, *, # or A-D", digit)
+        elif kind == "start":
+            self.log.warning("second start message ignored")
         elif kind != "connected":
-            self.log.warning("unknown Twilio event %r ignored", kind)
+            self.log.warning("unknown Twilio event %s ignored", printable(kind))
         return False
-
-    def on_start(self, start: dict) -> None:
-        stream_sid = start["streamSid"]
-        if not isinstance(stream_sid, str) or not stream_sid:
-            raise ValueError("no streamSid")
-        self.stream_sid, call_sid = stream_sid, str(start.get("callSid", stream_sid))
-        self.log.extra["call"] = call_sid  # type: ignore[index]
-        self.log.info("stream %s started", stream_sid)
-        self.stream_started.set()
-        if self.config.transcript_dir:
-            name = "".join(c for c in call_sid if c.isalnum()) or "call"
-            self.transcript = Path(self.config.transcript_dir) / f"{name}.jsonl"
 
     # -- The OpenAI session ----------------------------------------------------
 
     async def open_session(self) -> bool:
-        """Open and configure an OpenAI session, with the conversation so far."""
+        # Open and configure an OpenAI session, with the conversation so far and what
+        # the caller said while it opened.
         url = f"{self.config.openai_url}?model={self.config.model}"
         headers = {"Authorization": f"Bearer {self.config.openai_api_key}"}
         try:
-            openai = await self.http.ws_connect(url, headers=headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.openai = await self.app[HTTP].ws_connect(
+                url,
+                headers=headers,
+                heartbeat=OPENAI_HEARTBEAT,
+                max_msg_size=MAX_OPENAI_MESSAGE,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
             refused = isinstance(exc, aiohttp.WSServerHandshakeError)
             why = f"HTTP {exc.status}" if refused else repr(exc)
             self.log.error("could not open the OpenAI session: %s", why)
             return False
-        await openai.send_str(json.dumps(session_update(self.config)))
+        await self.send(self.openai, session_update(self.config))
         for role, text in self.history:
-            await openai.send_str(json.dumps(message_item(role, text)))
-        self.openai = openai
-        self.openai_ready.set()
+            await self.send(self.openai, message_item(role, text))
+        while self.held:
+            await self.send(self.openai, self.held.popleft())
+        self.openai_ready = True
         return True
 
     async def send_openai(self, event: dict) -> None:
-        if not self.openai_ready.is_set():  # the session is being renewed
-            await self.openai_ready.wait()
-        await self.openai.send_str(json.dumps(event))
+        if self.openai_ready:
+            await self.send(self.openai, event)
+        elif len(self.held) < HELD_EVENTS:  # a renewal: the new session gets it
+            self.held.append(event)
+        else:  # never block the Twilio pump: it must still hear `stop`
+            self.log.warning("the session is still renewing: caller audio dropped")
 
     async def pump_openai(self) -> None:
-        try:
-            await asyncio.wait_for(self.stream_started.wait(), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
-            self.log.warning("no start message from Twilio")
-            return
-        await self.send_openai({"type": "response.create"})  # the agent greets first
         while True:
             async for msg in self.openai:
-                event = self.parse(msg, "OpenAI", "type")
+                event = parse(msg, "OpenAI", "type", self.log)
                 try:
                     if event is not None:
                         await self.on_openai_event(event)
                 except (KeyError, TypeError, ValueError) as exc:
-                    self.log.warning("malformed %s ignored: %r", event["type"], exc)
-            if self.openai_ready.is_set():  # not expired: OpenAI ended the session
+                    kind, why = printable(event["type"]), printable(repr(exc))
+                    self.log.warning("malformed %s ignored: %s", kind, why)
+            if self.openai_ready:  # not expired: OpenAI ended the session
                 code = self.openai.close_code
                 self.log.info("OpenAI closed the session (code %s): hanging up", code)
                 return
@@ -423,24 +533,25 @@ class Call:
             await self.send_mark()  # the reply's last audio
             if event["response"].get("status") == "failed":
                 details = event["response"].get("status_details")
-                self.log.warning("response failed: %s", details)
+                self.log.warning("response failed: %s", printable(details, 300))
         elif kind == "error" and event["error"].get("code") == "session_expired":
             self.log.info("the session reached its time limit: renewing it")
-            self.openai_ready.clear()  # caller audio waits for the new session
+            self.openai_ready = False  # caller audio is held for the new session
+            await close_socket(self.openai)  # OpenAI's own close may never come
         elif kind == "error":
-            error = event["error"]
+            code, message = event["error"].get("code"), event["error"].get("message")
             self.log.warning(
-                "OpenAI error %s: %s", error.get("code"), error.get("message")
+                "OpenAI error %s: %s", printable(code), printable(message, 300)
             )
 
     # -- Playback, marks and barge-in ------------------------------------------
 
     async def send_twilio(self, message: dict) -> None:
-        await self.twilio.send_str(json.dumps(message))
+        await self.send(self.twilio, message)
 
     async def play(self, item_id: str, audio: str) -> None:
-        """Send a piece of the agent's voice to the caller. It joins the newest
-        chunk until that chunk is MARK_EVERY_MS long or the reply ends."""
+        # Send a piece of the agent's voice to the caller. It joins the newest chunk
+        # until that chunk is MARK_EVERY_MS long or the reply ends.
         if item_id == self.cut_item:
             return  # the caller interrupted this reply: its late audio must not play
         if item_id != self.item_id:
@@ -469,8 +580,8 @@ class Call:
             self.log.info("reply latency %.0f ms", latency_ms)
 
     async def send_mark(self) -> None:
-        """End the newest chunk with its mark: Twilio sends the mark back once the
-        caller has heard all the audio before it."""
+        # End the newest chunk with its mark: Twilio sends the mark back once the caller
+        # has heard all the audio before it.
         if self.mark_pending:
             self.mark_pending = False
             mark = {"event": "mark", "streamSid": self.stream_sid}
@@ -478,8 +589,8 @@ class Call:
             await self.send_twilio(mark)
 
     def on_mark(self, name: str) -> None:
-        """Twilio has played up to this mark. Marks flushed by a clear match
-        nothing: interrupt() already forgot their chunks."""
+        # Twilio has played up to this mark. Marks flushed by a clear match nothing:
+        # interrupt() already forgot their chunks.
         if self.unplayed and self.unplayed[0].mark == name:
             self.unplayed.popleft()
             self.playing_since = self.stream_ms
@@ -488,8 +599,8 @@ class Call:
                 self.played_out.set()
 
     async def interrupt(self) -> None:
-        """The caller spoke (or pressed a key): stop the agent's audio at once, and
-        tell the model how much of its reply the caller actually heard."""
+        # The caller spoke (or pressed a key): stop the agent's audio at once, and tell
+        # the model how much of its reply the caller actually heard.
         self.cut_item = self.item_id  # if still generating, the server cancels it
         if not self.unplayed:
             return  # the reply had played to its end: nothing to cut
@@ -520,7 +631,7 @@ class Call:
     # -- Tools and hanging up --------------------------------------------------
 
     def on_function_call(self, name: str, call_id: str, arguments: str) -> None:
-        self.log.info("the model calls %s(%s)", name, arguments)
+        self.log.info("the model calls %s(%s)", printable(name), printable(arguments))
         if name == "end_call":
             self.start(self.end_call())
         else:  # in a task of its own, so the audio keeps flowing meanwhile
@@ -538,7 +649,7 @@ class Call:
                 work = asyncio.to_thread(function, **kwargs)
             result = await asyncio.wait_for(work, TOOL_TIMEOUT)
             output = result if isinstance(result, str) else json.dumps(result)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             output = f"error: {name} took longer than {TOOL_TIMEOUT:g} s"
         except Exception as exc:  # a tool's bug must not end the call
             output = f"error: {name} failed: {type(exc).__name__}: {exc}"
@@ -553,20 +664,21 @@ class Call:
         queued_s = sum(chunk.end_ms - chunk.start_ms for chunk in self.unplayed) / 1000
         try:
             await asyncio.wait_for(self.played_out.wait(), queued_s + GOODBYE_GRACE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log.warning("the goodbye's last mark never came back")
         self.log.info("the agent hung up")
-        await self.twilio.close()
+        await close_socket(self.twilio)
 
     # -- The conversation as text ----------------------------------------------
 
     def remember(self, role: str, text: str) -> None:
         """Log a turn, keep it for a renewed session, add it to the transcript."""
-        self.log.info("%s: %s", "caller" if role == "user" else "agent", text)
+        speaker = "caller" if role == "user" else "agent"
+        self.log.info("%s: %s", speaker, printable(text, 1000))
         self.history.append((role, text))
         if self.transcript is None:
             return
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         line = {"role": role, "text": text, "time": now}
         try:
             with self.transcript.open("a", encoding="utf-8") as file:
@@ -577,9 +689,11 @@ class Call:
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
         median = statistics.median(self.latencies_ms) if self.latencies_ms else 0
+        hidden = sum(max(0, n - WARNINGS_SHOWN) for n in self.log.warnings.values())
         return (
             f"call ended after {seconds:.0f} s: {len(self.latencies_ms)} turns, "
             f"median reply latency {median:.0f} ms, {self.barge_ins} barge-ins"
+            + (f", {hidden} repeated warnings not shown" if hidden else "")
         )
 
 
@@ -588,21 +702,62 @@ class Call:
 
 CONFIG = web.AppKey("config", Config)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-CALLS = web.AppKey("calls", set)
+CALLS = web.AppKey("calls", dict)  # CallSid -> Call
+
+
+async def stream_start(twilio: web.WebSocketResponse) -> dict | None:
+    """Twilio's `start` message, or None (logged) if none comes in time."""
+    log = CallLog("new stream")
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            async for msg in twilio:
+                event = parse(msg, "Twilio", "event", log)
+                if event is None or event["event"] == "connected":
+                    continue
+                if event["event"] != "start":
+                    log.warning("%s before start ignored", printable(event["event"]))
+                elif not usable_start(event.get("start")):
+                    log.warning("malformed Twilio start ignored")
+                else:
+                    return event["start"]
+    except TimeoutError:
+        pass
+    log.warning("no start message from Twilio")
+    return None
+
+
+def usable_start(start: object) -> bool:
+    """A `start` with both ids as text, and its parameters (if any) an object."""
+    ids_ok = isinstance(start, dict) and all(
+        isinstance(start.get(key), str) and start[key]
+        for key in ("streamSid", "callSid")
+    )
+    return ids_ok and isinstance(start.get("customParameters", {}), dict)
 
 
 async def media(request: web.Request) -> web.StreamResponse:
-    """Twilio's Media Stream for one call."""
+    # Twilio's Media Stream for one call. No OpenAI session is opened before its `start`
+    # proves (with signatures on) that our webhook answered this call: an open socket
+    # alone, or a replayed handshake, must cost nothing.
     url = public_base(request, websocket=True) + request.raw_path
     check_signature(request, url, {})
     twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
     await twilio.prepare(request)
-    call = Call(request.app, twilio)
-    request.app[CALLS].add(call)
-    try:
+    calls, token = request.app[CALLS], request.app[CONFIG].twilio_auth_token
+    start = await stream_start(twilio)
+    call_sid = start["callSid"] if start else ""
+    proof = start.get("customParameters", {}).get("proof") if start else None
+    if start is None:
+        pass
+    elif token and not proof_ok(token, call_sid, proof):
+        log.warning("[%s] stream refused: no valid proof", printable(call_sid))
+    elif call_sid in calls:
+        log.warning("[%s] a second stream for the call refused", printable(call_sid))
+    else:
+        call = calls[call_sid] = Call(request.app, call_sid)
+        call.attach(twilio, start)
         await call.run()
-    finally:
-        request.app[CALLS].discard(call)
+    await close_socket(twilio)
     return twilio
 
 
@@ -622,7 +777,34 @@ async def close_calls(app: web.Application) -> None:
     """On shutdown (SIGTERM, Ctrl-C) hang up every call, on both sides."""
     if app[CALLS]:
         log.info("shutting down: closing %d calls", len(app[CALLS]))
-    await asyncio.gather(*(call.close() for call in list(app[CALLS])))
+    await asyncio.gather(*(call.close() for call in list(app[CALLS].values())))
+
+
+async def quiet_accept_errors(app: web.Application) -> None:
+    # Out of file descriptors, asyncio logs a traceback each time it retries accept()
+    # (every second): one warning line says it better.
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if context.get("message") == "socket.accept() out of system resource":
+            log.warning(
+                "no file descriptor left for a caller: %s", context["exception"]
+            )
+        else:
+            loop.default_exception_handler(context)
+
+    asyncio.get_running_loop().set_exception_handler(handler)
+
+
+def raise_file_limit() -> None:
+    # Each call holds two sockets, and the usual soft limit of 1024 open files would
+    # refuse callers long before the hard limit does.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    except (ValueError, OSError):  # an unlimited hard limit cannot be the soft one
+        pass
+    log.info("open files limit %d: room for about %d calls", soft, (soft - 20) // 2)
 
 
 def make_app(config: Config) -> web.Application:
@@ -630,10 +812,13 @@ def make_app(config: Config) -> web.Application:
         log.warning(
             "TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev only)"
         )
-    app = web.Application()
+    # lingering_time=0: a request whose body never came is closed at once, not
+    # read for 10 s more.
+    app = web.Application(handler_args={"lingering_time": 0})
     app[CONFIG] = config
-    app[CALLS] = set()
+    app[CALLS] = {}
     app.cleanup_ctx.append(http_session)
+    app.on_startup.append(quiet_accept_errors)
     app.on_shutdown.append(close_calls)
     app.router.add_post("/incoming", incoming)
     app.router.add_get("/media", media)
@@ -645,6 +830,7 @@ def main() -> None:
     config = Config.from_env(dict(os.environ))
     if not config.openai_api_key:
         sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
+    raise_file_limit()
     app = make_app(config)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("listening on port %d, model %s", config.port, config.model)
