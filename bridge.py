@@ -761,6 +761,17 @@ async def media(request: web.Request) -> web.StreamResponse:
     return twilio
 
 
+@web.middleware
+async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
+    """Log what aiohttp would refuse silently: a webhook at the wrong path or method."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        what = f"{request.method} {printable(request.path)}"
+        log.warning("%s: %s (the webhook is POST /incoming)", what, exc.reason)
+        raise
+
+
 async def http_session(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for every OpenAI connection, closed with the app."""
     # limit=0: each call holds a connection for its whole life, and the default
@@ -814,7 +825,9 @@ def make_app(config: Config) -> web.Application:
         )
     # lingering_time=0: a request whose body never came is closed at once, not
     # read for 10 s more.
-    app = web.Application(handler_args={"lingering_time": 0})
+    app = web.Application(
+        middlewares=[log_wrong_requests], handler_args={"lingering_time": 0}
+    )
     app[CONFIG] = config
     app[CALLS] = {}
     app.cleanup_ctx.append(http_session)
@@ -830,6 +843,11 @@ def main() -> None:
     config = Config.from_env(dict(os.environ))
     if not config.openai_api_key:
         sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
+    if config.transcript_dir:
+        try:
+            Path(config.transcript_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir}: {exc.strerror}")
     raise_file_limit()
     app = make_app(config)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"

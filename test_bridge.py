@@ -838,7 +838,6 @@ async def test_media_handshake_without_a_valid_signature_gets_403_and_no_openai(
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await w.client.ws_connect("/media", headers=headers)
         assert refused.value.status == 403
-        await asyncio.sleep(0.1)
         assert w.openai.sessions == []
         assert "GET wss://example.com/media from" in caplog.text
         assert "bad signature" in caplog.text
@@ -963,6 +962,7 @@ async def wound_down(app: web.Application) -> None:
         if not app[bridge.CALLS] and not bridge_tasks():
             return
         await asyncio.sleep(0.02)
+    raise AssertionError(f"still running: {app[bridge.CALLS]} {bridge_tasks()}")
 
 
 @async_test
@@ -1181,7 +1181,7 @@ async def test_a_tool_still_running_when_the_caller_hangs_up_is_cancelled(monkey
         await call_tool(session, "forever", "{}")
         await asyncio.wait_for(started.wait(), TIMEOUT)
         await twilio.send(event="stop", stop={})
-        await session.wait_closed()
+        await twilio.wait_closed()
         await wound_down(w.app)
         assert bridge_tasks() == []
 
@@ -1195,7 +1195,8 @@ async def test_end_call_hangs_up_after_the_goodbye_has_been_heard(monkeypatch):
         await call_tool(session, "end_call", "{}")
         await reply_done(session)
         await expect(twilio, "media bye1", "mark 1", "media bye2", "mark 2")
-        await asyncio.sleep(0.5)  # the 2 s goodbye is still playing: no hang-up yet
+        with pytest.raises(TimeoutError):  # past the grace, the 2 s goodbye plays on
+            await asyncio.wait_for(twilio.ws.receive(), 0.3)  # and the call stays up
         await twilio.mark("1")
         await twilio.speak("still on")  # half the goodbye heard: the call is up
         assert await session.audio_tags(1) == ["still on"]
@@ -1278,8 +1279,8 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
         await speech_started(session)  # a barge-in, for the summary
         assert (await twilio.receive())["event"] == "clear"
         await twilio.send(event="stop", stop={})
-        await session.wait_closed()
-        await asyncio.sleep(0.1)
+        await twilio.wait_closed()
+        await wound_down(w.app)  # the summary is the call's last line
     tag = f"[{twilio.call_sid}]"
     assert f"{tag} caller: My name is Ada." in caplog.text
     assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
@@ -1628,7 +1629,7 @@ async def test_peer_text_cannot_forge_log_lines_or_flood_the_log(caplog):
             await twilio.send(event=f"x{i}" * 10_000)  # 60 KB names
         await call_goes_on(twilio, session)
         await twilio.send(event="stop", stop={})
-        await session.wait_closed()
+        await twilio.wait_closed()
         await wound_down(w.app)
     lines = caplog.text.splitlines()
     assert not any(line.startswith("ERROR forged") for line in lines)
@@ -1687,3 +1688,53 @@ async def test_the_open_files_limit_is_raised_and_running_out_is_one_warning_lin
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+# ========================================= What a newcomer's mistakes look like
+
+
+@pytest.mark.parametrize(
+    "method, path, status, logged",
+    [
+        (
+            "POST",
+            "/voice",
+            404,
+            "POST /voice: Not Found (the webhook is POST /incoming)",
+        ),
+        ("GET", "/incoming", 405, "GET /incoming: Method Not Allowed (the webhook is"),
+    ],
+    ids=["wrong-path", "wrong-method"],
+)
+@async_test
+async def test_a_webhook_at_the_wrong_path_or_method_is_logged(
+    method, path, status, logged, caplog
+):
+    async with world() as w:
+        response = await w.client.request(method, path, data={"CallSid": "CA1"})
+        assert response.status == status
+        assert logged in caplog.text
+
+
+def test_the_transcript_dir_is_created_at_start_up(tmp_path):
+    folder = tmp_path / "calls" / "today"
+    env = dict(os.environ, OPENAI_API_KEY="k", TRANSCRIPT_DIR=str(folder))
+    env["PORT"] = str(free_port())
+    with subprocess.Popen(
+        [sys.executable, BRIDGE], env=env, stderr=subprocess.PIPE
+    ) as proc:
+        for line in proc.stderr:  # it logs its webhook address once it is set up
+            if b"voice webhook" in line:
+                break
+        proc.terminate()
+    assert folder.is_dir()
+
+
+def test_a_transcript_dir_that_cannot_be_made_exits_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    env = dict(os.environ, OPENAI_API_KEY="k", TRANSCRIPT_DIR=str(tmp_path / "file"))
+    done = subprocess.run(
+        [sys.executable, BRIDGE], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode != 0
+    assert "TRANSCRIPT_DIR" in done.stderr and "Traceback" not in done.stderr
