@@ -26,13 +26,14 @@ import inspect
 import json
 import logging
 import os
+import re
 import resource
 import statistics
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +48,7 @@ log = logging.getLogger("bridge")
 # ----------------------------------------------------------------------------
 # Configuration
 
+OPENAI_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -54,34 +56,57 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 
+def setting(default: Any, allowed: str | range = ".+", says: str = "") -> Any:
+    """A Config field, read from the environment variable of its name in capitals."""
+    # `allowed` is a regular expression the whole value must match, or for a whole
+    # number a range; `says` tells a person what is allowed, when the pattern cannot.
+    return field(default=default, metadata={"allowed": allowed, "says": says})
+
+
 @dataclass(frozen=True)
 class Config:
-    openai_api_key: str
-    openai_url: str = "wss://api.openai.com/v1/realtime"
-    model: str = "gpt-realtime-2.1"
-    port: int = 8080
-    public_url: str = ""  # the https address Twilio calls; else the Host header
-    twilio_auth_token: str = ""  # set: every request must carry Twilio's signature
-    voice: str = "marin"
-    instructions: str = DEFAULT_INSTRUCTIONS
-    transcript_dir: str = ""  # set: one JSON Lines transcript per call
+    openai_api_key: str = setting("")
+    openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "a wss:// URL")
+    openai_model: str = setting("gpt-realtime-2.1")
+    port: int = setting(8080, range(1, 65536))
+    # The https address Twilio calls (a tunnel's); else the Host header's.
+    public_url: str = setting("", r"https://[\w.-]+(:\d+)?", "https:// and a host")
+    twilio_auth_token: str = setting("")  # set: requests must carry a signature
+    voice: str = setting("marin", "[a-z]+", "a voice's name, e.g. marin")
+    instructions: str = setting(DEFAULT_INSTRUCTIONS)
+    transcript_dir: str = setting("")  # set: one JSON Lines transcript per call
+    turn_detection: str = setting("server_vad", "server_vad|semantic_vad")
+    # A handset is a close-talking microphone; a speakerphone is far_field.
+    noise_reduction: str = setting("near_field", "near_field|far_field|off")
+    idle_timeout_seconds: int = setting(0, range(3601))  # 0: never speaks up
+    transcribe_model: str = setting("gpt-4o-mini-transcribe")
+    language: str = setting("", "[a-z]{2}", "an ISO-639-1 code, e.g. en")
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> Config:
-        public_url = env.get("PUBLIC_URL", "").rstrip("/")
-        if public_url and "://" not in public_url:
-            public_url = "https://" + public_url
-        return cls(
-            openai_api_key=env.get("OPENAI_API_KEY", ""),
-            openai_url=env.get("OPENAI_REALTIME_URL", cls.openai_url),
-            model=env.get("OPENAI_MODEL", cls.model),
-            port=int(env.get("PORT", cls.port)),
-            public_url=public_url,
-            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", ""),
-            voice=env.get("VOICE", cls.voice),
-            instructions=env.get("INSTRUCTIONS", cls.instructions),
-            transcript_dir=env.get("TRANSCRIPT_DIR", ""),
-        )
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """The settings in the environment, or ValueError: a line per bad one."""
+        values, problems = {}, []
+        for item in fields(cls):
+            name, value = item.name.upper(), env.get(item.name.upper(), "").strip()
+            allowed, says = item.metadata["allowed"], item.metadata["says"]
+            if isinstance(allowed, range):
+                ok = re.fullmatch("[0-9]{1,6}", value) and int(value) in allowed
+                says = f"a whole number from {allowed.start} to {allowed.stop - 1}"
+            else:
+                ok = re.fullmatch(allowed, value)
+            if value and not ok:
+                says = says or allowed.replace("|", " or ")
+                problems.append(f"{name}={value!r} is not allowed: {says}")
+            elif value:  # a bool is a flag, 1 or true; an int or a str converts
+                kind = type(item.default)
+                converted = value in ("1", "true") if kind is bool else kind(value)
+                values[item.name] = converted
+        config = cls(**values)
+        if config.idle_timeout_seconds and config.turn_detection != "server_vad":
+            problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return config
 
 
 MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
@@ -144,14 +169,50 @@ def end_call() -> None:
     """Declared here for the model; the call itself answers it (Call.end_call)."""
 
 
-def session_update(config: Config) -> dict:
-    """The first event of every OpenAI session: mu-law both ways, server VAD."""
-    vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
+def instructions_for(config: Config, call: dict[str, str]) -> str:
+    """The agent's instructions for one call: edit this to give each its own."""
+    # `call` holds what Twilio said of the call (From, To, Direction), checked by
+    # call_context(). Here is the place to look the caller up in your own system.
+    # Caller ID can be spoofed: use it to be helpful, never as proof of identity.
+    if call.get("Direction", "").startswith("outbound") and "To" in call:
+        return f"{config.instructions}\nYou placed this call to {call['To']}."
+    if "From" in call and "To" in call:
+        about = f"The caller's number is {call['From']}; they called {call['To']}."
+        return f"{config.instructions}\n{about}"
+    return config.instructions
+
+
+def call_context(fields: Mapping) -> dict[str, str]:
+    """The call's From, To and Direction; a missing or odd value is left out."""
+    # These reach the model's instructions, so only what a number, a SIP address or
+    # a client name looks like, and short.
+    return {
+        name: value
+        for name in ("From", "To", "Direction")
+        if isinstance(value := fields.get(name), str)
+        and re.fullmatch(r"[\w+:@.*#-]{1,64}", value)
+    }
+
+
+def session_update(config: Config, instructions: str) -> dict:
+    """The first event of every OpenAI session: mu-law both ways, turn detection."""
+    if config.turn_detection == "server_vad":
+        vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
+        if config.idle_timeout_seconds:  # the agent speaks up after this silence
+            vad["idle_timeout_ms"] = config.idle_timeout_seconds * 1000
+    else:
+        vad = {"type": "semantic_vad"}
     vad |= {"interrupt_response": True, "create_response": True}
+    transcription = {"model": config.transcribe_model}
+    if config.language:
+        transcription["language"] = config.language
+    noise = (
+        None if config.noise_reduction == "off" else {"type": config.noise_reduction}
+    )
     audio_in = {"format": {"type": "audio/pcmu"}, "turn_detection": vad}
-    audio_in["transcription"] = {"model": "gpt-4o-mini-transcribe"}
+    audio_in |= {"noise_reduction": noise, "transcription": transcription}
     audio_out = {"format": {"type": "audio/pcmu"}, "voice": config.voice}
-    session = {"type": "realtime", "instructions": config.instructions}
+    session = {"type": "realtime", "instructions": instructions}
     session["audio"] = {"input": audio_in, "output": audio_out}
     session["tools"] = [declaration for _, declaration in TOOLS.values()]
     return {"type": "session.update", "session": session}
@@ -233,7 +294,9 @@ async def incoming(request: web.Request) -> web.Response:
     stream_url = public_base(request, websocket=True) + "/media"
     log.info("[%s] incoming call, streamed to %s", printable(call_sid), stream_url)
     token = request.app[CONFIG].twilio_auth_token
-    parameters = {"proof": call_proof(token, call_sid)} if token else {}
+    parameters = call_context(form)
+    if token:
+        parameters["proof"] = call_proof(token, call_sid)
     # No query string on the stream URL: Twilio drops it, so values for the stream
     # travel as <Parameter>s. Nothing after <Connect>: when we close, the call ends.
     stream = "".join(
@@ -317,10 +380,11 @@ KEYPAD = set("0123456789*#ABCD")  # what a dtmf digit can be
 class Call:
     """One phone call: its two sockets, and what the two pumps share."""
 
-    def __init__(self, app: web.Application, call_sid: str) -> None:
+    def __init__(self, app: web.Application, call_sid: str, context: dict) -> None:
         self.app = app
         self.config: Config = app[CONFIG]
         self.call_sid = call_sid
+        self.instructions = instructions_for(self.config, context)
         self.log = CallLog(call_sid)
         self.twilio: web.WebSocketResponse | None = None  # until the stream starts
         self.stream_sid = ""
@@ -464,7 +528,7 @@ class Call:
     async def open_session(self) -> bool:
         # Open and configure an OpenAI session, with the conversation so far and what
         # the caller said while it opened.
-        url = f"{self.config.openai_url}?model={self.config.model}"
+        url = f"{self.config.openai_realtime_url}?model={self.config.openai_model}"
         headers = {"Authorization": f"Bearer {self.config.openai_api_key}"}
         try:
             self.openai = await self.app[HTTP].ws_connect(
@@ -478,7 +542,7 @@ class Call:
             why = f"HTTP {exc.status}" if refused else repr(exc)
             self.log.error("could not open the OpenAI session: %s", why)
             return False
-        await self.send(self.openai, session_update(self.config))
+        await self.send(self.openai, session_update(self.config, self.instructions))
         for role, text in self.history:
             await self.send(self.openai, message_item(role, text))
         while self.held:
@@ -523,6 +587,8 @@ class Call:
             await self.interrupt()
         elif kind == "input_audio_buffer.speech_stopped":
             self.speech_stopped_at = time.monotonic()
+        elif kind == "input_audio_buffer.timeout_triggered":
+            self.log.info("the caller is silent: the agent speaks up")
         elif kind == "response.function_call_arguments.done":
             self.on_function_call(event["name"], event["call_id"], event["arguments"])
         elif kind == "conversation.item.input_audio_transcription.completed":
@@ -754,7 +820,8 @@ async def media(request: web.Request) -> web.StreamResponse:
     elif call_sid in calls:
         log.warning("[%s] a second stream for the call refused", printable(call_sid))
     else:
-        call = calls[call_sid] = Call(request.app, call_sid)
+        context = call_context(start.get("customParameters", {}))
+        call = calls[call_sid] = Call(request.app, call_sid, context)
         call.attach(twilio, start)
         await call.run()
     await close_socket(twilio)
@@ -840,18 +907,20 @@ def make_app(config: Config) -> web.Application:
 
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    config = Config.from_env(dict(os.environ))
+    try:
+        config = Config.from_env(os.environ)
+    except ValueError as problems:
+        sys.exit(str(problems))  # a line per bad setting, and no traceback
     if not config.openai_api_key:
         sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
-    if config.transcript_dir:
-        try:
-            Path(config.transcript_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir}: {exc.strerror}")
+    try:  # now, so that no turn's transcript fails for want of it
+        Path(config.transcript_dir or ".").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
     raise_file_limit()
     app = make_app(config)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
-    log.info("listening on port %d, model %s", config.port, config.model)
+    log.info("listening on port %d, model %s", config.port, config.openai_model)
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
     web.run_app(app, port=config.port, print=None, access_log=None)
 
