@@ -120,7 +120,11 @@ SEND_TIMEOUT = 5.0  # seconds a send may wait on a peer that stopped reading
 WATCH_EVERY = 1.0  # seconds between checks of those two bounds
 CLOSE_TIMEOUT = 2.0  # seconds for a peer to answer our close before we drop it
 OPENAI_HEARTBEAT = 20.0  # seconds between pings: OpenAI is legitimately quiet
-STREAM_WAIT = 15.0  # seconds from a webhook to its stream: its proof expires then
+# A call's session opens at its webhook, so the greeting is ready when the stream
+# starts. STREAM_WAIT bounds the wait for the stream (then its proof expires too):
+# a caller who hangs up while it rings leaves no session open for long.
+STREAM_WAIT = 15.0
+EARLY_SESSIONS = 100  # sessions opened ahead of their streams at once, at most
 HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
 WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
@@ -293,8 +297,12 @@ async def incoming(request: web.Request) -> web.Response:
     call_sid = str(form.get("CallSid", ""))
     stream_url = public_base(request, websocket=True) + "/media"
     log.info("[%s] incoming call, streamed to %s", printable(call_sid), stream_url)
-    token = request.app[CONFIG].twilio_auth_token
-    parameters = call_context(form)
+    calls, token = request.app[CALLS], request.app[CONFIG].twilio_auth_token
+    context = call_context(form)
+    waiting = sum(call.twilio is None for call in calls.values())
+    if call_sid and call_sid not in calls and waiting < EARLY_SESSIONS:
+        begin_call(request.app, call_sid, context)
+    parameters = dict(context)
     if token:
         parameters["proof"] = call_proof(token, call_sid)
     # No query string on the stream URL: Twilio drops it, so values for the stream
@@ -388,6 +396,8 @@ class Call:
         self.log = CallLog(call_sid)
         self.twilio: web.WebSocketResponse | None = None  # until the stream starts
         self.stream_sid = ""
+        self.streaming = asyncio.Event()  # set when the stream starts
+        self.task: asyncio.Task | None = None  # run(), the call's whole life
         self.openai: aiohttp.ClientWebSocketResponse | None = None
         self.openai_ready = False  # False while the session opens or renews
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
@@ -420,13 +430,23 @@ class Call:
         """The call's Media Stream has started: audio can flow both ways."""
         self.twilio, self.stream_sid = twilio, start["streamSid"]
         self.log.info("stream %s started", printable(self.stream_sid))
+        self.streaming.set()
 
     async def run(self) -> None:
-        """The call's whole life: its session, both pumps, the hang-up."""
+        """The call's whole life: its session, the stream, both pumps, the hang-up."""
+        # Started by the webhook, the session opens and the greeting is asked for
+        # while Twilio fetches the TwiML and opens the stream. Greeting audio that
+        # comes before the stream waits in the OpenAI socket (aiohttp stops reading
+        # at its buffer's limit), so it plays, and counts as played, from `start`.
         try:
             if not await self.open_session():
                 return
             await self.send_openai({"type": "response.create"})  # the agent greets
+            try:
+                await asyncio.wait_for(self.streaming.wait(), STREAM_WAIT)
+            except TimeoutError:
+                self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
+                return
             pumps = [self.pump_twilio(), self.pump_openai(), self.watch()]
             tasks = [self.start(pump) for pump in pumps]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -812,20 +832,28 @@ async def media(request: web.Request) -> web.StreamResponse:
     calls, token = request.app[CALLS], request.app[CONFIG].twilio_auth_token
     start = await stream_start(twilio)
     call_sid = start["callSid"] if start else ""
-    proof = start.get("customParameters", {}).get("proof") if start else None
+    parameters = start.get("customParameters", {}) if start else {}
+    call = calls.get(call_sid)  # its webhook came here, and opened its session
     if start is None:
         pass
-    elif token and not proof_ok(token, call_sid, proof):
+    elif token and not proof_ok(token, call_sid, parameters.get("proof")):
         log.warning("[%s] stream refused: no valid proof", printable(call_sid))
-    elif call_sid in calls:
+    elif call is not None and call.twilio is not None:
         log.warning("[%s] a second stream for the call refused", printable(call_sid))
-    else:
-        context = call_context(start.get("customParameters", {}))
-        call = calls[call_sid] = Call(request.app, call_sid, context)
+    else:  # no session yet if another instance, or a restart, answered the webhook
+        call = call or begin_call(request.app, call_sid, call_context(parameters))
         call.attach(twilio, start)
-        await call.run()
+        await asyncio.wait([call.task])
     await close_socket(twilio)
     return twilio
+
+
+def begin_call(app: web.Application, call_sid: str, context: dict) -> Call:
+    """A call's life begins: it opens its session and greets, and waits for its
+    stream."""
+    call = app[CALLS][call_sid] = Call(app, call_sid, context)
+    call.task = asyncio.create_task(call.run())
+    return call
 
 
 @web.middleware
@@ -855,7 +883,10 @@ async def close_calls(app: web.Application) -> None:
     """On shutdown (SIGTERM, Ctrl-C) hang up every call, on both sides."""
     if app[CALLS]:
         log.info("shutting down: closing %d calls", len(app[CALLS]))
-    await asyncio.gather(*(call.close() for call in list(app[CALLS].values())))
+    tasks = [call.task for call in app[CALLS].values()]
+    for task in tasks:
+        task.cancel()  # run() closes both sides on its way out
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def quiet_accept_errors(app: web.Application) -> None:

@@ -1921,3 +1921,96 @@ async def test_the_per_call_function_can_replace_the_instructions(monkeypatch):
         assert update["session"]["instructions"] == (
             "The caller is Ada Lovelace (+15551230000); greet her by name."
         )
+
+
+# ============================================== The greeting is ready at `start`
+
+
+async def webhook(w: World, call_sid: str = "CA1", **headers) -> str:
+    form = {"CallSid": call_sid, **CALLER}
+    response = await w.client.post("/incoming", data=form, headers=headers)
+    assert response.status == 200
+    return await response.text()
+
+
+@async_test
+async def test_the_webhook_opens_the_session_and_asks_for_the_greeting_at_once():
+    async with world(instructions="Be brief.") as w:
+        await webhook(w)  # no stream yet: Twilio is still fetching the TwiML
+        session = await w.openai.session()
+        update = await session.next()
+        assert update["session"]["instructions"].startswith("Be brief.\nThe caller's")
+        assert await session.next() == {"type": "response.create"}
+        await say(session, "item_hi", "hi1", "hi2")  # greeting audio, before `start`
+        twilio = await w.call()  # CA1's stream
+        await expect(twilio, "media hi1", "media hi2")  # the moment `start` came
+        assert len(w.openai.sessions) == 1  # the stream took the webhook's session
+        await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_greeting_audio_held_before_start_counts_as_played_from_start():
+    async with world() as w:
+        await webhook(w)
+        session = await w.openai.session()
+        await say(session, "item_hi", "hi1", "hi2", "hi3", ms=500)
+        twilio = await w.call()
+        await expect(twilio, "media hi1", "media hi2", "mark 1", "media hi3")
+        await barge_in_at(twilio, session, 600)  # the stream clock began at `start`
+        truncate = await session.next()
+        assert truncate["type"] == "conversation.item.truncate"
+        assert truncate["audio_end_ms"] == 600
+
+
+@async_test
+async def test_with_signatures_only_a_signed_webhook_opens_a_session():
+    async with world(twilio_auth_token=TOKEN) as w:
+        form = {"CallSid": "CA1", **CALLER}
+        response = await w.client.post("/incoming", data=form)  # not signed
+        assert response.status == 403
+        signed = sign("https://example.com/incoming", form)
+        await webhook(w, Host="example.com", **signed)
+        session = await w.openai.session()
+        twilio = await w.call()  # its `start` carries the proof
+        assert (await session.next())["type"] == "session.update"
+        await call_goes_on(twilio, session)
+        assert len(w.openai.sessions) == 1
+
+
+@async_test
+async def test_a_session_whose_stream_never_comes_is_closed(monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "STREAM_WAIT", 0.2)
+    async with world() as w:
+        await webhook(w)  # the caller hangs up while it rings
+        session = await w.openai.session()
+        await session.wait_closed()
+        await wound_down(w.app)
+        assert "[CA1] no stream in 0.2 s: session closed" in caplog.text
+
+
+@async_test
+async def test_sessions_opened_ahead_of_their_streams_are_capped(monkeypatch):
+    monkeypatch.setattr(bridge, "EARLY_SESSIONS", 2)
+    async with world() as w:
+        for name in ("CA1", "CA2", "CA3"):
+            await webhook(w, name)
+        early = [await w.openai.session() for _ in range(2)]
+        assert len(w.openai.sessions) == 2
+        twilios = [await w.call() for _ in range(3)]  # CA3 opens its own at `start`
+        third = await w.openai.session()
+        assert (await third.next())["type"] == "session.update"
+        for twilio, session in zip(twilios, [*early, third], strict=True):
+            await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_a_caller_who_hangs_up_before_the_greeting_is_heard_leaves_nothing():
+    async with world() as w:
+        await webhook(w)
+        session = await w.openai.session()
+        await say(session, "item_hi", "hi1")
+        twilio = await w.call()
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await session.wait_closed()
+        await wound_down(w.app)
