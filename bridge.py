@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 from zoneinfo import ZoneInfo
 
@@ -49,6 +50,8 @@ log = logging.getLogger("bridge")
 # Configuration
 
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
+TWILIO_API = "https://api.twilio.com"
+PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -81,6 +84,14 @@ class Config:
     idle_timeout_seconds: int = setting(0, range(3601))  # 0: never speaks up
     transcribe_model: str = setting("gpt-4o-mini-transcribe")
     language: str = setting("", "[a-z]{2}", "an ISO-639-1 code, e.g. en")
+    # Twilio's REST API: to place calls, transfer them and record them.
+    twilio_account_sid: str = setting("", "AC[0-9a-f]{32}", "AC and 32 hex digits")
+    twilio_number: str = setting("", PHONE_NUMBER, "+ and up to 15 digits")
+    twilio_api_url: str = setting(
+        TWILIO_API, r"https?://[^/\s]+", "http(s):// and a host"
+    )
+    transfer_number: str = setting("", PHONE_NUMBER, "+ and up to 15 digits")
+    record_calls: bool = setting(False, "1|true|0|false")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -104,6 +115,12 @@ class Config:
         config = cls(**values)
         if config.idle_timeout_seconds and config.turn_detection != "server_vad":
             problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
+        rest = config.twilio_account_sid and config.twilio_auth_token
+        for name in ("TRANSFER_NUMBER", "RECORD_CALLS"):
+            if getattr(config, name.lower()) and not rest:
+                problems.append(
+                    f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return config
@@ -128,6 +145,7 @@ EARLY_SESSIONS = 100  # sessions opened ahead of their streams at once, at most
 HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
 WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
+REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
 # A renewed session is told the last REPLAY_TURNS turns: recent turns hold what
 # matters (names, what was agreed), and every replayed word is paid for again as
@@ -171,6 +189,17 @@ def current_time(zone: str) -> str:
 @tool("Hang up. Call it right after saying goodbye.", {"type": "object"})
 def end_call() -> None:
     """Declared here for the model; the call itself answers it (Call.end_call)."""
+
+
+# Declared only with TRANSFER_NUMBER set (Call.transfer answers it). It takes no
+# number: a caller who talks the model into "transfer me to +1900..." must not
+# choose what you pay to dial.
+TRANSFER_TOOL = {
+    "type": "function",
+    "name": "transfer_call",
+    "description": "Hand the call to a person. First tell the caller you will.",
+    "parameters": {"type": "object", "properties": {}},
+}
 
 
 def instructions_for(config: Config, call: dict[str, str]) -> str:
@@ -219,6 +248,8 @@ def session_update(config: Config, instructions: str) -> dict:
     session = {"type": "realtime", "instructions": instructions}
     session["audio"] = {"input": audio_in, "output": audio_out}
     session["tools"] = [declaration for _, declaration in TOOLS.values()]
+    if config.transfer_number:
+        session["tools"].append(TRANSFER_TOOL)
     return {"type": "session.update", "session": session}
 
 
@@ -263,6 +294,31 @@ def check_signature(request: web.Request, url: str, params: dict[str, str]) -> N
     if not (given.isascii() and any(hmac.compare_digest(s, given) for s in signed)):
         log.warning("%s %s from %s: bad signature", request.method, url, request.remote)
         raise web.HTTPForbidden(text="invalid Twilio signature")
+
+
+class TwilioError(Exception):
+    """Twilio's REST API refused a request, or did not answer: one line says why."""
+
+
+async def twilio_rest(
+    http: aiohttp.ClientSession, config: Config, path: str, form: dict
+) -> dict:
+    """POST to Twilio's REST API, form-encoded with basic auth; its JSON answer."""
+    account = config.twilio_account_sid
+    url = f"{config.twilio_api_url}/2010-04-01/Accounts/{account}/{path}"
+    login = base64.b64encode(f"{account}:{config.twilio_auth_token}".encode())
+    auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
+    timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
+    try:
+        async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
+            answer = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise TwilioError(f"Twilio's API did not answer: {exc!r}") from None
+    if not isinstance(answer, dict) or response.status >= 400:
+        error = answer if isinstance(answer, dict) else {}  # code, message, more_info
+        code, message = error.get("code"), error.get("message")
+        raise TwilioError(f"Twilio refused (HTTP {response.status}): {code} {message}")
+    return answer
 
 
 def call_proof(token: str, call_sid: str, expires: int = 0) -> str:
@@ -431,6 +487,8 @@ class Call:
         self.twilio, self.stream_sid = twilio, start["streamSid"]
         self.log.info("stream %s started", printable(self.stream_sid))
         self.streaming.set()
+        if self.config.record_calls:
+            self.start(self.record())
 
     async def run(self) -> None:
         """The call's whole life: its session, the stream, both pumps, the hang-up."""
@@ -720,6 +778,8 @@ class Call:
         self.log.info("the model calls %s(%s)", printable(name), printable(arguments))
         if name == "end_call":
             self.start(self.end_call())
+        elif name == "transfer_call" and self.config.transfer_number:
+            self.start(self.transfer(call_id))  # its arguments are never read
         else:  # in a task of its own, so the audio keeps flowing meanwhile
             self.start(self.run_tool(name, call_id, arguments))
 
@@ -739,21 +799,51 @@ class Call:
             output = f"error: {name} took longer than {TOOL_TIMEOUT:g} s"
         except Exception as exc:  # a tool's bug must not end the call
             output = f"error: {name} failed: {type(exc).__name__}: {exc}"
+        await self.answer(call_id, output)
+
+    async def answer(self, call_id: str, output: str) -> None:
+        """Give the model a function call's output, and let it speak again."""
         if output.startswith("error:"):
             self.log.warning("tool %s", output)
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
         await self.send_openai({"type": "conversation.item.create", "item": item})
         await self.send_openai({"type": "response.create"})
 
-    async def end_call(self) -> None:
-        """The agent said goodbye: let the caller hear it to the end, then hang up."""
+    async def finish_speaking(self) -> None:
+        """Wait until the caller has heard the agent's last words (bounded)."""
         queued_s = sum(chunk.end_ms - chunk.start_ms for chunk in self.unplayed) / 1000
         try:
             await asyncio.wait_for(self.played_out.wait(), queued_s + GOODBYE_GRACE)
         except TimeoutError:
-            self.log.warning("the goodbye's last mark never came back")
+            self.log.warning("the last mark never came back: going on")
+
+    async def end_call(self) -> None:
+        """The agent said goodbye: let the caller hear it to the end, then hang up."""
+        await self.finish_speaking()
         self.log.info("the agent hung up")
         await close_socket(self.twilio)
+
+    async def transfer(self, call_id: str) -> None:
+        """Once the caller has heard the agent say so, dial TRANSFER_NUMBER."""
+        # Twilio then leaves our TwiML: it stops the stream, and the call ends here.
+        await self.finish_speaking()
+        twiml = f"<Response><Dial>{self.config.transfer_number}</Dial></Response>"
+        path = f"Calls/{quote(self.call_sid, safe='')}.json"
+        try:
+            await twilio_rest(self.app[HTTP], self.config, path, {"Twiml": twiml})
+            self.log.info("transferred to %s", self.config.transfer_number)
+        except TwilioError as exc:  # the model apologises; the call goes on
+            await self.answer(call_id, f"error: the transfer failed: {exc}")
+
+    async def record(self) -> None:
+        """Ask Twilio to record the call, caller and agent on their own channels."""
+        path = f"Calls/{quote(self.call_sid, safe='')}/Recordings.json"
+        try:
+            form = {"RecordingChannels": "dual"}
+            answer = await twilio_rest(self.app[HTTP], self.config, path, form)
+            self.log.info("recording %s", printable(answer.get("sid")))
+        except TwilioError as exc:
+            self.log.warning("not recorded: %s", exc)
 
     # -- The conversation as text ----------------------------------------------
 
@@ -936,12 +1026,35 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
+async def place_call(config: Config, number: str) -> str:
+    """Ask Twilio to call `number`; the call comes to our webhook when answered."""
+    form = {"To": number, "From": config.twilio_number, "Method": "POST"}
+    form["Url"] = config.public_url + "/incoming"
+    async with aiohttp.ClientSession() as http:
+        return (await twilio_rest(http, config, "Calls.json", form))["sid"]
+
+
+def call_command(config: Config, arguments: list[str]) -> None:
+    """python bridge.py call +15551234567: place a call, print its CallSid."""
+    needed = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_NUMBER", "PUBLIC_URL")
+    if missing := [name for name in needed if not getattr(config, name.lower())]:
+        sys.exit(f"to place a call, set {', '.join(missing)}")
+    if len(arguments) != 1 or not re.fullmatch(PHONE_NUMBER, arguments[0]):
+        sys.exit("usage: python bridge.py call +15551234567 (+, then up to 15 digits)")
+    try:
+        print(asyncio.run(place_call(config, arguments[0])))
+    except TwilioError as exc:
+        sys.exit(str(exc))
+
+
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = Config.from_env(os.environ)
     except ValueError as problems:
         sys.exit(str(problems))  # a line per bad setting, and no traceback
+    if sys.argv[1:2] == ["call"]:
+        return call_command(config, sys.argv[2:])
     if not config.openai_api_key:
         sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
     try:  # now, so that no turn's transcript fails for want of it

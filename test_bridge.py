@@ -138,6 +138,29 @@ class FakeOpenAI:
         return sum(not s.closed.is_set() for s in self.sessions)
 
 
+class FakeTwilioAPI:
+    """Twilio's REST API: records each request, answers as told (or hangs)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict]] = []  # path, auth header, form
+        self.received = asyncio.Event()
+        self.answers: list[tuple[int, dict] | str] = []  # "hang" never answers
+
+    async def handler(self, request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        self.requests.append((request.path, request.headers["Authorization"], form))
+        self.received.set()
+        answer = self.answers.pop(0) if self.answers else (201, {"sid": "CAnew"})
+        if answer == "hang":
+            await asyncio.sleep(60)
+        status, body = answer
+        return web.json_response(body, status=status)
+
+    async def request(self) -> tuple[str, str, dict]:
+        await asyncio.wait_for(self.received.wait(), TIMEOUT)
+        return self.requests[-1]
+
+
 class FakeTwilio:
     """The Twilio side of one call's Media Stream."""
 
@@ -205,9 +228,12 @@ class FakeTwilio:
 class World:
     """The bridge, a fake OpenAI and a way to place calls."""
 
-    def __init__(self, client: TestClient, openai: FakeOpenAI) -> None:
+    def __init__(
+        self, client: TestClient, openai: FakeOpenAI, api: FakeTwilioAPI
+    ) -> None:
         self.client = client
         self.openai = openai
+        self.api = api
         self.app = client.server.app
         self.calls = 0
 
@@ -232,15 +258,17 @@ class World:
 
 @asynccontextmanager
 async def world(**config):
-    openai = FakeOpenAI()
-    openai_app = web.Application()
-    openai_app.router.add_get("/v1/realtime", openai.handler)
-    async with TestServer(openai_app) as openai_server:
-        url = str(openai_server.make_url("/v1/realtime")).replace("http", "ws", 1)
+    openai, api = FakeOpenAI(), FakeTwilioAPI()
+    fakes = web.Application()
+    fakes.router.add_get("/v1/realtime", openai.handler)
+    fakes.router.add_post("/2010-04-01/Accounts/{sid}/{path:.*}", api.handler)
+    async with TestServer(fakes) as fakes_server:
+        url = str(fakes_server.make_url("/v1/realtime")).replace("http", "ws", 1)
         config.setdefault("openai_realtime_url", url)
+        config.setdefault("twilio_api_url", str(fakes_server.make_url("")).rstrip("/"))
         app = bridge.make_app(bridge.Config(openai_api_key="sk-test", **config))
         async with TestClient(TestServer(app)) as client:
-            yield World(client, openai)
+            yield World(client, openai, api)
 
 
 # ----------------------------------------------------------- 1. the webhook
@@ -1224,7 +1252,7 @@ async def test_a_goodbye_the_caller_talks_over_hangs_up_at_once(caplog):
         await speech_started(session)  # the clear flushes the goodbye and its mark
         await expect(twilio, "clear")
         await twilio.wait_closed()  # no wait for a mark that will never mean "heard"
-        assert "the goodbye's last mark never came back" not in caplog.text
+        assert "the last mark never came back" not in caplog.text
 
 
 @async_test
@@ -1236,7 +1264,7 @@ async def test_end_call_hangs_up_anyway_when_the_mark_never_comes(monkeypatch, c
         await call_tool(session, "end_call", "{}")
         await twilio.wait_closed()
         await session.wait_closed()
-        assert "the goodbye's last mark never came back" in caplog.text
+        assert "the last mark never came back" in caplog.text
 
 
 @async_test
@@ -2014,3 +2042,224 @@ async def test_a_caller_who_hangs_up_before_the_greeting_is_heard_leaves_nothing
         await twilio.wait_closed()
         await session.wait_closed()
         await wound_down(w.app)
+
+
+# ============================== Phone actions: call out, hand over, record
+
+SID = "AC" + "0" * 32
+REST = {"twilio_account_sid": SID, "twilio_auth_token": TOKEN}
+BASIC = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
+
+
+async def run_bridge(*arguments: str, **env: str) -> tuple[int, str, str]:
+    """`python bridge.py ARGUMENTS` with only these settings; exit code, out, err."""
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "TWILIO"))
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BRIDGE,
+        *arguments,
+        env={**clean, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 3 * TIMEOUT)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def call_settings(w: World) -> dict:
+    return {
+        "TWILIO_ACCOUNT_SID": SID,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "TWILIO_NUMBER": "+15557650000",
+        "PUBLIC_URL": "https://bridge.example.com",
+        "TWILIO_API_URL": w.app[bridge.CONFIG].twilio_api_url,
+    }
+
+
+@async_test
+async def test_the_call_command_places_a_call_to_our_webhook_and_prints_its_sid():
+    async with world() as w:
+        code, out, err = await run_bridge("call", "+15551234567", **call_settings(w))
+        assert (code, out.strip()) == (0, "CAnew"), err  # no OPENAI_API_KEY needed
+        ((path, auth, form),) = w.api.requests
+        assert path == f"/2010-04-01/Accounts/{SID}/Calls.json" and auth == BASIC
+        assert form == {
+            "To": "+15551234567",
+            "From": "+15557650000",
+            "Url": "https://bridge.example.com/incoming",
+            "Method": "POST",
+        }
+
+
+@pytest.mark.parametrize(
+    "arguments, unset, message",
+    [
+        (
+            ["+15551234567"],
+            ["TWILIO_NUMBER", "PUBLIC_URL"],
+            "set TWILIO_NUMBER, PUBLIC_URL",
+        ),
+        (["555-1234"], [], "usage: python bridge.py call +15551234567"),
+        (["+1 (555) 123"], [], "usage: python bridge.py call +15551234567"),
+        ([], [], "usage: python bridge.py call +15551234567"),
+    ],
+    ids=["missing-settings", "not-e164", "spaces", "no-number"],
+)
+@async_test
+async def test_the_call_command_refuses_before_any_request(arguments, unset, message):
+    async with world() as w:
+        settings = {k: v for k, v in call_settings(w).items() if k not in unset}
+        code, out, err = await run_bridge("call", *arguments, **settings)
+        assert code != 0 and message in err and "Traceback" not in err
+        assert w.api.requests == []
+
+
+@pytest.mark.parametrize(
+    "status, code, message",
+    [
+        (400, 21211, "Invalid 'To' Phone Number: +15551234567"),
+        (401, 20003, "Authenticate"),
+    ],
+)
+@async_test
+async def test_the_call_command_prints_twilios_refusal(status, code, message):
+    async with world() as w:
+        error = {"code": code, "message": message, "more_info": "…", "status": status}
+        w.api.answers = [(status, error)]
+        exit_code, out, err = await run_bridge(
+            "call", "+15551234567", **call_settings(w)
+        )
+        assert exit_code != 0 and "Traceback" not in err
+        assert f"Twilio refused (HTTP {status}): {code} {message}" in err
+
+
+@async_test
+async def test_the_call_command_says_why_when_the_api_is_unreachable():
+    settings = {
+        "TWILIO_ACCOUNT_SID": SID,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "TWILIO_NUMBER": "+15557650000",
+        "PUBLIC_URL": "https://bridge.example.com",
+        "TWILIO_API_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    code, out, err = await run_bridge("call", "+15551234567", **settings)
+    assert code != 0 and "Traceback" not in err
+    assert err.startswith("Twilio's API did not answer") and len(err.splitlines()) == 1
+
+
+@async_test
+async def test_a_rest_request_that_hangs_is_bounded(monkeypatch):
+    monkeypatch.setattr(bridge, "REST_TIMEOUT", 0.2)
+    async with world(**REST) as w:
+        w.api.answers = ["hang"]
+        with pytest.raises(bridge.TwilioError, match="did not answer"):
+            await bridge.twilio_rest(
+                w.app[bridge.HTTP], w.app[bridge.CONFIG], "Calls.json", {}
+            )
+
+
+async def transfer_call(w: World, arguments: str = "{}"):
+    """A call in which the agent says it transfers (1 s of audio), then asks to."""
+    twilio, session = await w.answered_call()
+    await say(session, "item_x", "xfer1", ms=1000)
+    await call_tool(session, "transfer_call", arguments)
+    await reply_done(session)
+    await expect(twilio, "media xfer1", "mark 1")
+    return twilio, session
+
+
+@async_test
+async def test_transfer_is_declared_only_when_configured():
+    for config, declared in [
+        ({}, False),
+        ({**REST, "transfer_number": "+15559990000"}, True),
+    ]:
+        async with world(**config) as w:
+            await w.call()
+            update = await (await w.openai.session()).next()
+            tools = {t["name"]: t for t in update["session"]["tools"]}
+            assert ("transfer_call" in tools) == declared
+            if declared:  # it takes no number: there is nothing to take one in
+                assert tools["transfer_call"]["parameters"]["properties"] == {}
+
+
+@async_test
+async def test_a_transfer_dials_only_transfer_number_after_the_sentence_is_heard(
+    caplog,
+):
+    async with world(**REST, transfer_number="+15559990000") as w:
+        # The caller talked the model into asking for a number of its own.
+        twilio, session = await transfer_call(w, '{"number": "+19005550000"}')
+        await twilio.speak("still talking")  # the sentence is still playing
+        assert await session.audio_tags(1) == ["still talking"]
+        assert w.api.requests == []  # nothing dialled before the mark is back
+        await twilio.mark("1")
+        path, auth, form = await w.api.request()
+        assert path == f"/2010-04-01/Accounts/{SID}/Calls/{twilio.call_sid}.json"
+        assert auth == BASIC
+        assert form == {"Twiml": "<Response><Dial>+15559990000</Dial></Response>"}
+        await twilio.send(event="stop", stop={})  # Twilio leaves our TwiML
+        await session.wait_closed()
+        assert "transferred to +15559990000" in caplog.text
+        assert "1900" not in str(w.api.requests)
+
+
+@async_test
+async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(caplog):
+    async with world(**REST, transfer_number="+15559990000") as w:
+        w.api.answers = [(404, {"code": 20404, "message": "not found", "status": 404})]
+        twilio, session = await transfer_call(w)
+        await twilio.mark("1")
+        output = await tool_output(session)
+        assert output.startswith(
+            "error: the transfer failed: Twilio refused (HTTP 404)"
+        )
+        await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_a_recorded_call_asks_twilio_for_both_channels_at_start(caplog):
+    async with world(**REST, record_calls=True) as w:
+        w.api.answers = [(201, {"sid": "RE123", "status": "in-progress"})]
+        twilio, session = await w.answered_call()
+        path, auth, form = await w.api.request()
+        assert (
+            path
+            == f"/2010-04-01/Accounts/{SID}/Calls/{twilio.call_sid}/Recordings.json"
+        )
+        assert (auth, form) == (BASIC, {"RecordingChannels": "dual"})
+        await call_goes_on(twilio, session)
+        assert "recording RE123" in caplog.text
+
+
+@async_test
+async def test_a_recording_that_fails_is_logged_and_the_call_goes_on(caplog):
+    async with world(**REST, record_calls=True) as w:
+        w.api.answers = [(400, {"code": 21220, "message": "not in progress"})]
+        twilio, session = await w.answered_call()
+        await w.api.request()
+        await logged(caplog, "not recorded: Twilio refused (HTTP 400): 21220 not in")
+        await call_goes_on(twilio, session)
+
+
+async def logged(caplog, text: str) -> None:
+    """Wait (generously) until the bridge has logged this text."""
+    for _ in range(50):
+        if text in caplog.text:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never logged: {text}")
+
+
+@pytest.mark.parametrize("name", ["RECORD_CALLS", "TRANSFER_NUMBER"])
+def test_recording_or_transfer_without_twilio_credentials_is_refused(name):
+    env = {
+        "OPENAI_API_KEY": "k",
+        name: "true" if name == "RECORD_CALLS" else "+15559990000",
+    }
+    with pytest.raises(
+        ValueError, match=f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+    ):
+        bridge.Config.from_env(env)
