@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -92,6 +93,8 @@ class Config:
     )
     transfer_number: str = setting("", PHONE_NUMBER, "+ and up to 15 digits")
     record_calls: bool = setting(False, "1|true|0|false")
+    # SIGTERM lets live calls end on their own for this long (0: hangs up at once).
+    drain_seconds: int = setting(0, range(86401))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -144,6 +147,7 @@ STREAM_WAIT = 15.0
 EARLY_SESSIONS = 100  # sessions opened ahead of their streams at once, at most
 HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
 WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
+DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
 REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
@@ -350,6 +354,8 @@ async def incoming(request: web.Request) -> web.Response:
         timed_out.force_close()
         return timed_out
     check_signature(request, public_base(request) + request.raw_path, dict(form))
+    if request.app[DRAIN].until is not None:  # Twilio tries the fallback URL
+        raise web.HTTPServiceUnavailable(text="draining: no new calls")
     call_sid = str(form.get("CallSid", ""))
     stream_url = public_base(request, websocket=True) + "/media"
     log.info("[%s] incoming call, streamed to %s", printable(call_sid), stream_url)
@@ -879,6 +885,7 @@ class Call:
 CONFIG = web.AppKey("config", Config)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS = web.AppKey("calls", dict)  # CallSid -> Call
+DRAIN = web.AppKey("drain", object)
 
 
 async def stream_start(twilio: web.WebSocketResponse) -> dict | None:
@@ -969,14 +976,50 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].close()
 
 
+class Drain:
+    """A SIGTERM's drain: from its start the bridge takes no new calls, and at
+    `until` it hangs up the calls left (a second signal brings that forward)."""
+
+    until: float | None = None  # loop time; None while the bridge takes calls
+
+
+async def health(request: web.Request) -> web.Response:
+    """For a load balancer: 200 while the bridge takes calls, 503 while it drains."""
+    calls, draining = len(request.app[CALLS]), request.app[DRAIN].until is not None
+    status = {"status": "draining" if draining else "ok", "calls": calls}
+    return web.json_response(status, status=503 if draining else 200)
+
+
+async def drain(app: web.Application) -> None:
+    """Take no new calls, and let the live ones end on their own, up to the drain's
+    end (DRAIN_SECONDS from its start)."""
+    loop, calls = asyncio.get_running_loop(), app[CALLS]
+    if app[DRAIN].until is None:
+        app[DRAIN].until = loop.time() + app[CONFIG].drain_seconds
+        if calls and app[CONFIG].drain_seconds:
+            log.info(
+                "draining: %d calls, for up to %d s",
+                len(calls),
+                app[CONFIG].drain_seconds,
+            )
+    report = loop.time() + DRAIN_REPORT
+    while calls and loop.time() < app[DRAIN].until:
+        if loop.time() >= report:
+            log.info("draining: %d calls left", len(calls))
+            report += DRAIN_REPORT
+        await asyncio.sleep(0.1)
+
+
 async def close_calls(app: web.Application) -> None:
-    """On shutdown (SIGTERM, Ctrl-C) hang up every call, on both sides."""
+    """On shutdown, once the drain is over, hang up every call on both sides."""
+    await drain(app)  # under gunicorn, its worker's shutdown is the drain
     if app[CALLS]:
         log.info("shutting down: closing %d calls", len(app[CALLS]))
     tasks = [call.task for call in app[CALLS].values()]
     for task in tasks:
         task.cancel()  # run() closes both sides on its way out
     await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("all calls ended")
 
 
 async def quiet_accept_errors(app: web.Application) -> None:
@@ -1018,12 +1061,47 @@ def make_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[CALLS] = {}
+    app[DRAIN] = Drain()
     app.cleanup_ctx.append(http_session)
     app.on_startup.append(quiet_accept_errors)
     app.on_shutdown.append(close_calls)
     app.router.add_post("/incoming", incoming)
     app.router.add_get("/media", media)
+    app.router.add_get("/health", health)
     return app
+
+
+def create_app() -> web.Application:
+    """The app, set up from the environment. It serves `python bridge.py`, and
+    gunicorn: gunicorn 'bridge:create_app()' --worker-class aiohttp.GunicornWebWorker"""
+    config = settings()
+    if not config.openai_api_key:
+        sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
+    try:  # now, so that no turn's transcript fails for want of it
+        Path(config.transcript_dir or ".").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
+    raise_file_limit()
+    return make_app(config)
+
+
+async def serve(app: web.Application) -> None:
+    """Serve until a signal: SIGTERM drains first, Ctrl-C or a second signal not."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, port=app[CONFIG].port).start()
+    signalled, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def on_signal(number: int) -> None:
+        if number == signal.SIGINT or signalled.is_set():
+            app[DRAIN].until = 0  # hang up at once
+        signalled.set()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, on_signal, number)
+    await signalled.wait()
+    await drain(app)  # still listening: webhooks get 503, late streams connect
+    await runner.cleanup()  # stops listening, then close_calls() hangs up the rest
 
 
 async def place_call(config: Config, number: str) -> str:
@@ -1047,26 +1125,26 @@ def call_command(config: Config, arguments: list[str]) -> None:
         sys.exit(str(exc))
 
 
-def main() -> None:
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+def settings() -> Config:
+    """The settings from the environment; a line per bad one, and exit."""
+    # The process id tells gunicorn's workers apart.
+    form = "%(asctime)s %(process)d %(levelname)s %(message)s"
+    logging.basicConfig(level="INFO", format=form)
     try:
-        config = Config.from_env(os.environ)
+        return Config.from_env(os.environ)
     except ValueError as problems:
-        sys.exit(str(problems))  # a line per bad setting, and no traceback
+        sys.exit(str(problems))  # and no traceback
+
+
+def main() -> None:
     if sys.argv[1:2] == ["call"]:
-        return call_command(config, sys.argv[2:])
-    if not config.openai_api_key:
-        sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
-    try:  # now, so that no turn's transcript fails for want of it
-        Path(config.transcript_dir or ".").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
-    raise_file_limit()
-    app = make_app(config)
+        return call_command(settings(), sys.argv[2:])
+    app = create_app()
+    config = app[CONFIG]
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("listening on port %d, model %s", config.port, config.openai_model)
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
-    web.run_app(app, port=config.port, print=None, access_log=None)
+    asyncio.run(serve(app))
 
 
 if __name__ == "__main__":

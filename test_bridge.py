@@ -741,43 +741,86 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@async_test
-async def test_sigterm_closes_open_calls_on_both_sides():
+class Running:
+    """A bridge in a process of its own, between a fake OpenAI and the test."""
+
+    def __init__(self, proc, port: int, openai: FakeOpenAI, http) -> None:
+        self.proc, self.port, self.openai, self.http = proc, port, openai, http
+        self.lines: list[str] = []  # what it logged so far
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def read_log(self) -> None:
+        async for line in self.proc.stderr:
+            self.lines.append(line.decode())
+
+    async def logged(self, text: str) -> str:
+        """The first line the bridge logged with this text, once it has."""
+        for _ in range(100):
+            if found := [line for line in self.lines if text in line]:
+                return found[0]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never logged: {text}\n{''.join(self.lines)}")
+
+    async def answered_call(self, name: str) -> tuple[FakeTwilio, Session]:
+        twilio = FakeTwilio(await self.http.ws_connect(self.url("/media")), name)
+        await twilio.start()
+        session = await self.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        return twilio, session
+
+    async def exit_code(self) -> int:
+        return await asyncio.wait_for(self.proc.wait(), 2 * TIMEOUT)
+
+
+@asynccontextmanager
+async def running_bridge(*command: str, **env: str):
+    """`python bridge.py` (or `command`, with {port} filled in) until it exits."""
     openai = FakeOpenAI()
     openai_app = web.Application()
     openai_app.router.add_get("/v1/realtime", openai.handler)
     async with TestServer(openai_app) as server:
         port = free_port()
-        env = dict(
-            os.environ,
-            OPENAI_API_KEY="sk-test",
-            PORT=str(port),
-            OPENAI_REALTIME_URL=str(server.make_url("/v1/realtime")).replace(
-                "http", "ws", 1
-            ),
-        )
+        url = str(server.make_url("/v1/realtime")).replace("http", "ws", 1)
+        env = {**os.environ, "PORT": str(port), "OPENAI_REALTIME_URL": url, **env}
+        env.setdefault("OPENAI_API_KEY", "sk-test")
+        command = tuple(part.format(port=port) for part in command) or (BRIDGE,)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, BRIDGE, env=env, stderr=subprocess.PIPE
+            sys.executable,
+            *command,
+            env=env,
+            cwd=os.path.dirname(BRIDGE),
+            stderr=subprocess.PIPE,
         )
-        try:
-            async with aiohttp.ClientSession() as http:
+        # A new connection for each request, so that each may reach another worker.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            running = Running(proc, port, openai, http)
+            reader = asyncio.create_task(running.read_log())
+            try:
                 for _ in range(100):  # wait for it to listen
                     try:
-                        ws = await http.ws_connect(f"http://127.0.0.1:{port}/media")
-                        break
+                        async with http.get(running.url("/health")):
+                            break
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.1)
-                twilio = FakeTwilio(ws, "sig")
-                await twilio.start()
-                session = await openai.session()
-                proc.send_signal(signal.SIGTERM)
-                await twilio.wait_closed()
-                await session.wait_closed()
-                assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+                yield running
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                await reader
+
+
+@async_test
+async def test_sigterm_closes_open_calls_on_both_sides():
+    async with running_bridge() as bridge_process:
+        twilio, session = await bridge_process.answered_call("sig")
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        await twilio.wait_closed()
+        await session.wait_closed()
+        assert await bridge_process.exit_code() == 0
 
 
 # ============================================ Trust: signatures and bad input
@@ -2263,3 +2306,135 @@ def test_recording_or_transfer_without_twilio_credentials_is_refused(name):
         ValueError, match=f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
     ):
         bridge.Config.from_env(env)
+
+
+# ======================================== Deploys: health, draining, workers
+
+
+@async_test
+async def test_health_says_ok_with_the_call_count_and_needs_no_signature():
+    async with world(twilio_auth_token=TOKEN) as w:
+        response = await w.client.get("/health")
+        assert response.status == 200
+        assert await response.json() == {"status": "ok", "calls": 0}
+        await w.answered_call()
+        assert await (await w.client.get("/health")).json() == {
+            "status": "ok",
+            "calls": 1,
+        }
+
+
+@async_test
+async def test_while_draining_health_is_503_and_a_new_webhook_is_refused():
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        w.app[bridge.DRAIN].until = float("inf")  # what SIGTERM starts
+        response = await w.client.get("/health")
+        assert response.status == 503
+        assert await response.json() == {"status": "draining", "calls": 1}
+        response = await w.client.post("/incoming", data={"CallSid": "CA9"})
+        assert response.status == 503  # Twilio then tries the number's fallback URL
+        assert len(w.openai.sessions) == 1
+        await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
+    async with running_bridge(DRAIN_SECONDS="60") as bridge_process:
+        http = bridge_process.http
+        form = {"CallSid": "CAlate"}  # its stream comes after the SIGTERM
+        async with http.post(bridge_process.url("/incoming"), data=form) as answered:
+            assert answered.status == 200
+        late_session = await bridge_process.openai.session()  # opened at the webhook
+        twilio, session = await bridge_process.answered_call("live")
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        await bridge_process.logged("draining: 2 calls, for up to 60 s")
+        await call_goes_on(twilio, session)  # audio flows both ways
+        await say(session, "item_A", "a1")
+        await expect(twilio, "media a1")
+        form = {"CallSid": "CAnew"}
+        async with http.post(bridge_process.url("/incoming"), data=form) as refused:
+            assert refused.status == 503
+        async with http.get(bridge_process.url("/health")) as health:
+            assert health.status == 503
+            assert await health.json() == {"status": "draining", "calls": 2}
+        late = FakeTwilio(await http.ws_connect(bridge_process.url("/media")), "late")
+        await late.start()  # the call answered before the SIGTERM connects
+        await call_goes_on(late, late_session)
+        for caller in (twilio, late):  # the calls end on their own
+            await caller.send(event="stop", stop={})
+            await caller.wait_closed()
+        assert await bridge_process.exit_code() == 0
+        await bridge_process.logged("all calls ended")
+
+
+@async_test
+async def test_at_the_drains_deadline_the_calls_left_are_hung_up():
+    async with running_bridge(DRAIN_SECONDS="1") as bridge_process:
+        twilio, session = await bridge_process.answered_call("long")
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        await bridge_process.logged("draining: 1 calls")
+        await twilio.wait_closed()  # a close frame on both sides
+        await session.wait_closed()
+        assert await bridge_process.exit_code() == 0
+
+
+@pytest.mark.parametrize(
+    "second", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"]
+)
+@async_test
+async def test_a_second_signal_during_a_drain_hangs_up_at_once(second):
+    async with running_bridge(DRAIN_SECONDS="600") as bridge_process:
+        twilio, session = await bridge_process.answered_call("impatient")
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        await bridge_process.logged("draining: 1 calls")
+        bridge_process.proc.send_signal(second)
+        await twilio.wait_closed()
+        await session.wait_closed()
+        assert await bridge_process.exit_code() == 0
+
+
+@async_test
+async def test_a_drain_logs_how_many_calls_are_left(monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "DRAIN_REPORT", 0.1)
+    async with world(drain_seconds=60) as w:
+        twilio, session = await w.answered_call()
+        draining = asyncio.create_task(bridge.drain(w.app))
+        await logged(caplog, "draining: 1 calls left")
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
+
+
+@async_test
+async def test_gunicorn_runs_two_workers_and_each_carries_a_call():
+    pytest.importorskip("gunicorn")
+    gunicorn = [
+        "-m",
+        "gunicorn",
+        "bridge:create_app()",
+        "--worker-class",
+        "aiohttp.GunicornWebWorker",
+        "--workers",
+        "2",
+        "--bind",
+        "127.0.0.1:{port}",
+    ]
+    async with running_bridge(*gunicorn) as workers:
+        calls = {}  # worker's pid -> a call it carries
+        for i in range(40):  # new connections, until both workers have one
+            twilio, session = await workers.answered_call(f"w{i}")
+            line = await workers.logged(f"[CAw{i}] stream MZw{i} started")
+            pid = line.split()[2]
+            if pid in calls:  # this worker carries one already
+                await twilio.ws.close()
+            calls.setdefault(pid, (twilio, session))
+            if len(calls) == 2:
+                break
+        assert len(calls) == 2
+        for twilio, session in calls.values():
+            await call_goes_on(twilio, session)
+        workers.proc.send_signal(signal.SIGTERM)
+        for twilio, session in calls.values():
+            await twilio.wait_closed()
+        assert await workers.exit_code() == 0
