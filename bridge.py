@@ -53,6 +53,7 @@ log = logging.getLogger("bridge")
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
+TOKEN = "TWILIO_AUTH_TOKEN"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -88,9 +89,7 @@ class Config:
     # Twilio's REST API: to place calls, transfer them and record them.
     twilio_account_sid: str = setting("", "AC[0-9a-f]{32}", "AC and 32 hex digits")
     twilio_number: str = setting("", PHONE_NUMBER, "+ and up to 15 digits")
-    twilio_api_url: str = setting(
-        TWILIO_API, r"https?://[^/\s]+", "http(s):// and a host"
-    )
+    twilio_api_url: str = setting(TWILIO_API, r"https?://[^/\s]+", "a scheme and host")
     transfer_number: str = setting("", PHONE_NUMBER, "+ and up to 15 digits")
     record_calls: bool = setting(False, "1|true|0|false")
     # SIGTERM lets live calls end on their own for this long (0: hangs up at once).
@@ -121,9 +120,7 @@ class Config:
         rest = config.twilio_account_sid and config.twilio_auth_token
         for name in ("TRANSFER_NUMBER", "RECORD_CALLS"):
             if getattr(config, name.lower()) and not rest:
-                problems.append(
-                    f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
-                )
+                problems.append(f"{name} needs TWILIO_ACCOUNT_SID and {TOKEN}")
         if problems:
             raise ValueError("\n".join(problems))
         return config
@@ -190,20 +187,15 @@ def current_time(zone: str) -> str:
     return datetime.now(ZoneInfo(zone)).strftime("%A %d %B %Y, %H:%M")
 
 
+# These two are declared here for the model, and answered by the call itself.
 @tool("Hang up. Call it right after saying goodbye.", {"type": "object"})
-def end_call() -> None:
-    """Declared here for the model; the call itself answers it (Call.end_call)."""
+def end_call() -> None: ...  # Call.end_call
 
 
-# Declared only with TRANSFER_NUMBER set (Call.transfer answers it). It takes no
-# number: a caller who talks the model into "transfer me to +1900..." must not
-# choose what you pay to dial.
-TRANSFER_TOOL = {
-    "type": "function",
-    "name": "transfer_call",
-    "description": "Hand the call to a person. First tell the caller you will.",
-    "parameters": {"type": "object", "properties": {}},
-}
+# Declared only with TRANSFER_NUMBER set. It takes no number: a caller who talks
+# the model into "transfer me to +1900..." must not choose what you pay to dial.
+@tool("Hand the call to a person. First tell the caller you will.", {"type": "object"})
+def transfer_call() -> None: ...  # Call.transfer
 
 
 def instructions_for(config: Config, call: dict[str, str]) -> str:
@@ -243,17 +235,15 @@ def session_update(config: Config, instructions: str) -> dict:
     transcription = {"model": config.transcribe_model}
     if config.language:
         transcription["language"] = config.language
-    noise = (
-        None if config.noise_reduction == "off" else {"type": config.noise_reduction}
-    )
+    noise = {"type": config.noise_reduction}
+    noise = None if config.noise_reduction == "off" else noise
     audio_in = {"format": {"type": "audio/pcmu"}, "turn_detection": vad}
     audio_in |= {"noise_reduction": noise, "transcription": transcription}
     audio_out = {"format": {"type": "audio/pcmu"}, "voice": config.voice}
     session = {"type": "realtime", "instructions": instructions}
     session["audio"] = {"input": audio_in, "output": audio_out}
-    session["tools"] = [declaration for _, declaration in TOOLS.values()]
-    if config.transfer_number:
-        session["tools"].append(TRANSFER_TOOL)
+    left_out = set() if config.transfer_number else {"transfer_call"}
+    session["tools"] = [d for name, (_, d) in TOOLS.items() if name not in left_out]
     return {"type": "session.update", "session": session}
 
 
@@ -572,14 +562,18 @@ class Call:
     async def pump_twilio(self) -> None:
         async for msg in self.twilio:
             self.heard_at = time.monotonic()
-            event = parse(msg, "Twilio", "event", self.log)
-            try:
-                if event is not None and await self.on_twilio_event(event):
-                    return
-            except (KeyError, TypeError, ValueError) as exc:
-                kind, why = printable(event["event"]), printable(repr(exc))
-                self.log.warning("malformed Twilio %s ignored: %s", kind, why)
+            if await self.handle(msg, "Twilio", "event", self.on_twilio_event):
+                return
         self.log.info("Twilio socket closed")
+
+    async def handle(self, msg: Any, side: str, key: str, act: Callable) -> Any:
+        """Parse one message and act on it; one that is malformed is skipped."""
+        event = parse(msg, side, key, self.log)
+        try:
+            return event is not None and await act(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            kind, why = printable(event[key]), printable(repr(exc))
+            self.log.warning("malformed %s %s ignored: %s", side, kind, why)
 
     async def on_twilio_event(self, event: dict) -> bool:
         """Act on one Twilio message; True when the stream has stopped."""
@@ -614,12 +608,10 @@ class Call:
         # the caller said while it opened.
         url = f"{self.config.openai_realtime_url}?model={self.config.openai_model}"
         headers = {"Authorization": f"Bearer {self.config.openai_api_key}"}
+        options = {"heartbeat": OPENAI_HEARTBEAT, "max_msg_size": MAX_OPENAI_MESSAGE}
         try:
             self.openai = await self.app[HTTP].ws_connect(
-                url,
-                headers=headers,
-                heartbeat=OPENAI_HEARTBEAT,
-                max_msg_size=MAX_OPENAI_MESSAGE,
+                url, headers=headers, **options
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             refused = isinstance(exc, aiohttp.WSServerHandshakeError)
@@ -645,13 +637,7 @@ class Call:
     async def pump_openai(self) -> None:
         while True:
             async for msg in self.openai:
-                event = parse(msg, "OpenAI", "type", self.log)
-                try:
-                    if event is not None:
-                        await self.on_openai_event(event)
-                except (KeyError, TypeError, ValueError) as exc:
-                    kind, why = printable(event["type"]), printable(repr(exc))
-                    self.log.warning("malformed %s ignored: %s", kind, why)
+                await self.handle(msg, "OpenAI", "type", self.on_openai_event)
             if self.openai_ready:  # not expired: OpenAI ended the session
                 code = self.openai.close_code
                 self.log.info("OpenAI closed the session (code %s): hanging up", code)
@@ -690,9 +676,7 @@ class Call:
             await close_socket(self.openai)  # OpenAI's own close may never come
         elif kind == "error":
             code, message = event["error"].get("code"), event["error"].get("message")
-            self.log.warning(
-                "OpenAI error %s: %s", printable(code), printable(message, 300)
-            )
+            self.log.warning("OpenAI error %s: %s", code, printable(message, 300))
 
     # -- Playback, marks and barge-in ------------------------------------------
 
@@ -815,6 +799,11 @@ class Call:
         await self.send_openai({"type": "conversation.item.create", "item": item})
         await self.send_openai({"type": "response.create"})
 
+    async def twilio_rest(self, path: str, form: dict) -> dict:
+        """POST to this call's resource in Twilio's REST API (`path` after its id)."""
+        call = f"Calls/{quote(self.call_sid, safe='')}{path}"
+        return await twilio_rest(self.app[HTTP], self.config, call, form)
+
     async def finish_speaking(self) -> None:
         """Wait until the caller has heard the agent's last words (bounded)."""
         queued_s = sum(chunk.end_ms - chunk.start_ms for chunk in self.unplayed) / 1000
@@ -834,19 +823,18 @@ class Call:
         # Twilio then leaves our TwiML: it stops the stream, and the call ends here.
         await self.finish_speaking()
         twiml = f"<Response><Dial>{self.config.transfer_number}</Dial></Response>"
-        path = f"Calls/{quote(self.call_sid, safe='')}.json"
         try:
-            await twilio_rest(self.app[HTTP], self.config, path, {"Twiml": twiml})
+            await self.twilio_rest(".json", {"Twiml": twiml})
             self.log.info("transferred to %s", self.config.transfer_number)
         except TwilioError as exc:  # the model apologises; the call goes on
             await self.answer(call_id, f"error: the transfer failed: {exc}")
 
     async def record(self) -> None:
         """Ask Twilio to record the call, caller and agent on their own channels."""
-        path = f"Calls/{quote(self.call_sid, safe='')}/Recordings.json"
         try:
-            form = {"RecordingChannels": "dual"}
-            answer = await twilio_rest(self.app[HTTP], self.config, path, form)
+            answer = await self.twilio_rest(
+                "/Recordings.json", {"RecordingChannels": "dual"}
+            )
             self.log.info("recording %s", printable(answer.get("sid")))
         except TwilioError as exc:
             self.log.warning("not recorded: %s", exc)
