@@ -981,15 +981,15 @@ async def health(request: web.Request) -> web.Response:
 async def drain(app: web.Application) -> None:
     """Take no new calls, and let the live ones end on their own, up to the drain's
     end (DRAIN_SECONDS from its start)."""
-    loop, calls = asyncio.get_running_loop(), app[CALLS]
-    if app[DRAIN].until is None:
-        app[DRAIN].until = loop.time() + app[CONFIG].drain_seconds
-        if calls and app[CONFIG].drain_seconds:
-            log.info(
-                "draining: %d calls, for up to %d s",
-                len(calls),
-                app[CONFIG].drain_seconds,
-            )
+    loop, calls, seconds = (
+        asyncio.get_running_loop(),
+        app[CALLS],
+        app[CONFIG].drain_seconds,
+    )
+    if app[DRAIN].until is None:  # not begun yet: begin it
+        app[DRAIN].until = loop.time() + seconds
+        if seconds:
+            log.info("draining: %d calls, for up to %d s", len(calls), seconds)
     report = loop.time() + DRAIN_REPORT
     while calls and loop.time() < app[DRAIN].until:
         if loop.time() >= report:
@@ -1016,9 +1016,7 @@ async def quiet_accept_errors(app: web.Application) -> None:
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         if context.get("message") == "socket.accept() out of system resource":
-            log.warning(
-                "no file descriptor left for a caller: %s", context["exception"]
-            )
+            log.warning("no file descriptor left: %s", context["exception"])
         else:
             loop.default_exception_handler(context)
 
@@ -1039,14 +1037,11 @@ def raise_file_limit() -> None:
 
 def make_app(config: Config) -> web.Application:
     if not config.twilio_auth_token:
-        log.warning(
-            "TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev only)"
-        )
+        log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)")
     # lingering_time=0: a request whose body never came is closed at once, not
     # read for 10 s more.
-    app = web.Application(
-        middlewares=[log_wrong_requests], handler_args={"lingering_time": 0}
-    )
+    closing = {"lingering_time": 0}
+    app = web.Application(middlewares=[log_wrong_requests], handler_args=closing)
     app[CONFIG] = config
     app[CALLS] = {}
     app[DRAIN] = Drain()

@@ -2435,6 +2435,7 @@ async def test_gunicorn_runs_two_workers_and_each_carries_a_call():
         for twilio, session in calls.values():
             await call_goes_on(twilio, session)
         workers.proc.send_signal(signal.SIGTERM)
-        for twilio, session in calls.values():
+        for twilio, session in calls.values():  # each worker hangs up its call
             await twilio.wait_closed()
+            await session.wait_closed()
         assert await workers.exit_code() == 0
