@@ -290,31 +290,6 @@ def check_signature(request: web.Request, url: str, params: dict[str, str]) -> N
         raise web.HTTPForbidden(text="invalid Twilio signature")
 
 
-class TwilioError(Exception):
-    """Twilio's REST API refused a request, or did not answer: one line says why."""
-
-
-async def twilio_rest(
-    http: aiohttp.ClientSession, config: Config, path: str, form: dict
-) -> dict:
-    """POST to Twilio's REST API, form-encoded with basic auth; its JSON answer."""
-    account = config.twilio_account_sid
-    url = f"{config.twilio_api_url}/2010-04-01/Accounts/{account}/{path}"
-    login = base64.b64encode(f"{account}:{config.twilio_auth_token}".encode())
-    auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
-    timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
-    try:
-        async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
-            answer = await response.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise TwilioError(f"Twilio's API did not answer: {exc!r}") from None
-    if not isinstance(answer, dict) or response.status >= 400:
-        error = answer if isinstance(answer, dict) else {}  # code, message, more_info
-        code, message = error.get("code"), error.get("message")
-        raise TwilioError(f"Twilio refused (HTTP {response.status}): {code} {message}")
-    return answer
-
-
 def call_proof(token: str, call_sid: str, expires: int = 0) -> str:
     # The stream's proof that this bridge answered its call's webhook: the CallSid and
     # an expiry signed with the auth token. A handshake's signature covers only the URL,
@@ -366,6 +341,35 @@ async def incoming(request: web.Request) -> web.Response:
     stream = f"<Stream url={quoteattr(stream_url)}>{stream}</Stream>"
     twiml = f"<Response><Connect>{stream}</Connect></Response>"
     return web.Response(text=twiml, content_type="text/xml")
+
+
+# ----------------------------------------------------------------------------
+# Twilio's REST API: to place calls, transfer them and record them
+
+
+class TwilioError(Exception):
+    """Twilio's REST API refused a request, or did not answer: one line says why."""
+
+
+async def twilio_rest(
+    http: aiohttp.ClientSession, config: Config, path: str, form: dict
+) -> dict:
+    """POST to Twilio's REST API, form-encoded with basic auth; its JSON answer."""
+    account = config.twilio_account_sid
+    url = f"{config.twilio_api_url}/2010-04-01/Accounts/{account}/{path}"
+    login = base64.b64encode(f"{account}:{config.twilio_auth_token}".encode())
+    auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
+    timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
+    try:
+        async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
+            answer = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise TwilioError(f"Twilio's API did not answer: {exc!r}") from None
+    if not isinstance(answer, dict) or response.status >= 400:
+        error = answer if isinstance(answer, dict) else {}  # code, message, more_info
+        code, message = error.get("code"), error.get("message")
+        raise TwilioError(f"Twilio refused (HTTP {response.status}): {code} {message}")
+    return answer
 
 
 # ----------------------------------------------------------------------------
