@@ -428,7 +428,7 @@ def parse(msg: aiohttp.WSMessage, side: str, key: str, log: CallLog) -> dict | N
     return None
 
 
-async def close_socket(socket: Any) -> None:
+async def close_socket(socket: Any, log: CallLog) -> None:
     # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT. When the
     # close is cancelled, aiohttp drops the connection, so the socket is gone.
     try:
@@ -519,7 +519,7 @@ class Call:
             task.cancel()
         for socket in (self.openai, self.twilio):
             if socket is not None:
-                await close_socket(socket)
+                await close_socket(socket, self.log)
 
     def start(self, coroutine: Any) -> asyncio.Task:
         """Run a coroutine beside the pumps; close() cancels it with the call."""
@@ -677,7 +677,7 @@ class Call:
         elif kind == "error" and event["error"].get("code") == "session_expired":
             self.log.info("the session reached its time limit: renewing it")
             self.openai_ready = False  # caller audio is held for the new session
-            await close_socket(self.openai)  # OpenAI's own close may never come
+            await close_socket(self.openai, self.log)  # OpenAI's may never come
         elif kind == "error":
             code, message = event["error"].get("code"), event["error"].get("message")
             self.log.warning("OpenAI error %s: %s", code, printable(message, 300))
@@ -820,7 +820,7 @@ class Call:
         """The agent said goodbye: let the caller hear it to the end, then hang up."""
         await self.finish_speaking()
         self.log.info("the agent hung up")
-        await close_socket(self.twilio)
+        await close_socket(self.twilio, self.log)
 
     async def transfer(self, call_id: str) -> None:
         """Once the caller has heard the agent say so, dial TRANSFER_NUMBER."""
@@ -922,18 +922,18 @@ async def media(request: web.Request) -> web.StreamResponse:
     start = await stream_start(twilio)
     call_sid = start["callSid"] if start else ""
     parameters = start.get("customParameters", {}) if start else {}
-    call = calls.get(call_sid)  # its webhook came here, and opened its session
+    call, stream_log = calls.get(call_sid), CallLog(call_sid or "new stream")
     if start is None:
         pass
     elif token and not proof_ok(token, call_sid, parameters.get("proof")):
-        log.warning("[%s] stream refused: no valid proof", printable(call_sid))
+        stream_log.warning("stream refused: no valid proof")
     elif call is not None and call.twilio is not None:
-        log.warning("[%s] a second stream for the call refused", printable(call_sid))
+        stream_log.warning("a second stream for the call refused")
     else:  # no session yet if another instance, or a restart, answered the webhook
         call = call or begin_call(request.app, call_sid, call_context(parameters))
         call.attach(twilio, start)
         await asyncio.wait([call.task])
-    await close_socket(twilio)
+    await close_socket(twilio, stream_log)
     return twilio
 
 

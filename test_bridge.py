@@ -1100,10 +1100,11 @@ async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind():
 async def test_shutdown_closes_every_open_call_on_both_sides():
     async with world() as w:
         calls = [await w.answered_call() for _ in range(5)]
-        await asyncio.wait_for(w.client.server.close(), TIMEOUT)
-        for twilio, session in calls:
-            await twilio.wait_closed()
-            await session.wait_closed()
+        closed = [side.wait_closed() for call in calls for side in call]
+        # Twilio answers the close frames while the server shuts down.
+        await asyncio.wait_for(
+            asyncio.gather(w.client.server.close(), *closed), TIMEOUT
+        )
         assert w.app[bridge.CALLS] == {}
 
 
@@ -2439,3 +2440,19 @@ async def test_gunicorn_runs_two_workers_and_each_carries_a_call():
             await twilio.wait_closed()
             await session.wait_closed()
         assert await workers.exit_code() == 0
+
+
+@async_test
+async def test_every_line_of_a_call_starts_with_its_call_sid(caplog):
+    async with world() as w:
+        w.openai.refuse = [401]  # the likeliest mistake: a wrong OpenAI key
+        await webhook(w)
+        await logged(caplog, "could not open the OpenAI session: HTTP 401")
+        twilio = await w.call()  # CA1's stream: it opens a session of its own
+        await w.openai.session()
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await wound_down(w.app)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge"]
+    lines = [line for line in lines if "TWILIO_AUTH_TOKEN is not set" not in line]
+    assert len(lines) > 5 and all(line.startswith("[CA1] ") for line in lines)
