@@ -215,12 +215,9 @@ def call_context(fields: Mapping) -> dict[str, str]:
     """The call's From, To and Direction; a missing or odd value is left out."""
     # These reach the model's instructions, so only what a number, a SIP address or
     # a client name looks like, and short.
-    return {
-        name: value
-        for name in ("From", "To", "Direction")
-        if isinstance(value := fields.get(name), str)
-        and re.fullmatch(r"[\w+:@.*#-]{1,64}", value)
-    }
+    values = {name: fields.get(name) for name in ("From", "To", "Direction")}
+    fits = re.compile(r"[\w+:@.*#-]{1,64}").fullmatch
+    return {k: v for k, v in values.items() if isinstance(v, str) and fits(v)}
 
 
 def session_update(config: Config, instructions: str) -> dict:
@@ -611,12 +608,10 @@ class Call:
         # Open and configure an OpenAI session, with the conversation so far and what
         # the caller said while it opened.
         url = f"{self.config.openai_realtime_url}?model={self.config.openai_model}"
-        headers = {"Authorization": f"Bearer {self.config.openai_api_key}"}
         options = {"heartbeat": OPENAI_HEARTBEAT, "max_msg_size": MAX_OPENAI_MESSAGE}
+        options["headers"] = {"Authorization": f"Bearer {self.config.openai_api_key}"}
         try:
-            self.openai = await self.app[HTTP].ws_connect(
-                url, headers=headers, **options
-            )
+            self.openai = await self.app[HTTP].ws_connect(url, **options)
         except (aiohttp.ClientError, TimeoutError) as exc:
             refused = isinstance(exc, aiohttp.WSServerHandshakeError)
             why = f"HTTP {exc.status}" if refused else repr(exc)
@@ -836,9 +831,8 @@ class Call:
     async def record(self) -> None:
         """Ask Twilio to record the call, caller and agent on their own channels."""
         try:
-            answer = await self.twilio_rest(
-                "/Recordings.json", {"RecordingChannels": "dual"}
-            )
+            form = {"RecordingChannels": "dual"}
+            answer = await self.twilio_rest("/Recordings.json", form)
             self.log.info("recording %s", printable(answer.get("sid")))
         except TwilioError as exc:
             self.log.warning("not recorded: %s", exc)
@@ -985,11 +979,8 @@ async def health(request: web.Request) -> web.Response:
 async def drain(app: web.Application) -> None:
     """Take no new calls, and let the live ones end on their own, up to the drain's
     end (DRAIN_SECONDS from its start)."""
-    loop, calls, seconds = (
-        asyncio.get_running_loop(),
-        app[CALLS],
-        app[CONFIG].drain_seconds,
-    )
+    loop, calls = asyncio.get_running_loop(), app[CALLS]
+    seconds = app[CONFIG].drain_seconds
     if app[DRAIN].until is None:  # not begun yet: begin it
         app[DRAIN].until = loop.time() + seconds
         if seconds:
