@@ -1,9 +1,10 @@
 # A phone bridge: a Twilio call talks to an OpenAI Realtime voice agent.
 #
-# Twilio posts the call to /incoming; our TwiML opens a Media Stream (a WebSocket
-# of 20 ms mu-law frames) to /media; for each call we open one OpenAI Realtime
-# WebSocket, and two tasks pump the two directions. Both sides speak G.711 mu-law
-# at 8 kHz, so the audio passes through untouched.
+# Twilio posts the call to /incoming. We open the call's OpenAI Realtime WebSocket
+# at once (so the greeting is ready early) and answer with TwiML that opens a Media
+# Stream (a WebSocket of 20 ms mu-law frames) to /media; then two tasks pump the
+# two directions. Both sides speak G.711 mu-law at 8 kHz, so the audio passes
+# through untouched.
 #
 # What the popular samples get wrong is barge-in. The model sends audio much
 # faster than the caller hears it, so when the caller interrupts, the model must
@@ -14,7 +15,10 @@
 # Every wait is bounded: a dead or stalled peer ends its call, never hangs it with
 # an OpenAI session still billed.
 #
-# Run it:  OPENAI_API_KEY=sk-... python bridge.py
+# Run it:        OPENAI_API_KEY=sk-... python bridge.py
+# Place a call:  python bridge.py call +15551234567   (with the Twilio settings)
+# More cores:    gunicorn 'bridge:create_app()' --worker-class aiohttp.GunicornWebWorker
+# Settings are environment variables, each a field of Config below.
 
 from __future__ import annotations
 
