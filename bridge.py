@@ -872,10 +872,18 @@ class Call:
 # ----------------------------------------------------------------------------
 # The application
 
+
+class Drain:
+    """A SIGTERM's drain: from its start the bridge takes no new calls, and at
+    `until` it hangs up the calls left (a second signal brings that forward)."""
+
+    until: float | None = None  # loop time; None while the bridge takes calls
+
+
 CONFIG = web.AppKey("config", Config)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS = web.AppKey("calls", dict)  # CallSid -> Call
-DRAIN = web.AppKey("drain", object)
+DRAIN = web.AppKey("drain", Drain)
 
 
 async def stream_start(twilio: web.WebSocketResponse) -> dict | None:
@@ -964,13 +972,6 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
     app[HTTP] = aiohttp.ClientSession(connector=connector, timeout=timeout)
     yield
     await app[HTTP].close()
-
-
-class Drain:
-    """A SIGTERM's drain: from its start the bridge takes no new calls, and at
-    `until` it hangs up the calls left (a second signal brings that forward)."""
-
-    until: float | None = None  # loop time; None while the bridge takes calls
 
 
 async def health(request: web.Request) -> web.Response:
