@@ -1569,40 +1569,41 @@ async def test_a_twilio_stream_that_goes_silent_ends_the_call(monkeypatch, caplo
         assert "no message from Twilio for 0.2 s: hanging up" in caplog.text
 
 
+async def caller_talks_to_a_stuck_openai(twilio: FakeTwilio, session: Session):
+    session.reading.clear()  # OpenAI stops reading; TCP pushes back on the bridge
+    for _ in range(400):
+        media = {"timestamp": "1", "payload": audio("x", 48000)}
+        await twilio.send(event="media", media=media)
+
+
+async def model_talks_to_a_stuck_twilio(twilio: FakeTwilio, session: Session):
+    for i in range(100):  # nobody reads the Twilio socket any more
+        await say(session, f"item_{i}", "a", ms=20000)
+
+
+@pytest.mark.parametrize(
+    "stuck, talk",
+    [
+        ("OpenAI", caller_talks_to_a_stuck_openai),
+        ("Twilio", model_talks_to_a_stuck_twilio),
+    ],
+)
 @async_test
-async def test_an_openai_that_stops_reading_ends_the_call(monkeypatch, caplog):
+async def test_a_peer_that_stops_reading_ends_the_call(
+    stuck, talk, monkeypatch, caplog
+):
     monkeypatch.setattr(bridge, "SEND_TIMEOUT", 0.2)
     monkeypatch.setattr(bridge, "WATCH_EVERY", 0.05)
     async with world() as w:
         twilio, session = await w.answered_call()
-        session.reading.clear()
-        try:  # the caller goes on talking until the bridge gives up
-            for _ in range(400):
-                await twilio.send(
-                    event="media",
-                    media={"timestamp": "1", "payload": audio("x", 48000)},
-                )
+        try:
+            await talk(twilio, session)
         except ConnectionResetError:
-            pass
-        await twilio.wait_closed()
+            pass  # the bridge hung up first
         session.reading.set()
         await session.wait_closed()
-        assert "OpenAI stopped reading for 0.2 s: hanging up" in caplog.text
-
-
-@async_test
-async def test_a_twilio_that_stops_reading_ends_the_call(monkeypatch, caplog):
-    monkeypatch.setattr(bridge, "SEND_TIMEOUT", 0.2)
-    monkeypatch.setattr(bridge, "WATCH_EVERY", 0.05)
-    async with world() as w:
-        twilio, session = await w.answered_call()
-        try:  # the model talks into a socket nobody reads
-            for i in range(100):
-                await say(session, f"item_{i}", "a", ms=20000)
-        except ConnectionResetError:
-            pass
-        await session.wait_closed()
-        assert "Twilio stopped reading for 0.2 s: hanging up" in caplog.text
+        await twilio.wait_closed()
+        assert f"{stuck} stopped reading for 0.2 s: hanging up" in caplog.text
 
 
 @async_test
@@ -2020,13 +2021,18 @@ async def test_the_webhook_opens_the_session_and_asks_for_the_greeting_at_once()
         await call_goes_on(twilio, session)
 
 
+async def greeted_before_start(w: World, *tags: str, ms: int = 100):
+    """The webhook opens the session, the model greets, and then the stream starts."""
+    await webhook(w)
+    session = await w.openai.session()
+    await say(session, "item_hi", *tags, ms=ms)
+    return await w.call(), session
+
+
 @async_test
 async def test_greeting_audio_held_before_start_counts_as_played_from_start():
     async with world() as w:
-        await webhook(w)
-        session = await w.openai.session()
-        await say(session, "item_hi", "hi1", "hi2", "hi3", ms=500)
-        twilio = await w.call()
+        twilio, session = await greeted_before_start(w, "hi1", "hi2", "hi3", ms=500)
         await expect(twilio, "media hi1", "media hi2", "mark 1", "media hi3")
         await barge_in_at(twilio, session, 600)  # the stream clock began at `start`
         truncate = await session.next()
@@ -2078,10 +2084,7 @@ async def test_sessions_opened_ahead_of_their_streams_are_capped(monkeypatch):
 @async_test
 async def test_a_caller_who_hangs_up_before_the_greeting_is_heard_leaves_nothing():
     async with world() as w:
-        await webhook(w)
-        session = await w.openai.session()
-        await say(session, "item_hi", "hi1")
-        twilio = await w.call()
+        twilio, session = await greeted_before_start(w, "hi1")
         await twilio.send(event="stop", stop={})
         await twilio.wait_closed()
         await session.wait_closed()
