@@ -459,7 +459,7 @@ class Call:
         self.openai_ready = False  # False while the session opens or renews
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
-        self.heard_at = time.monotonic()  # when Twilio's last message came
+        self.heard_at = 0.0  # when Twilio's last message came
         self.sending: dict[Any, float] = {}  # socket -> when a send to it began
         self.transcript: Path | None = None
         if self.config.transcript_dir:
@@ -486,6 +486,7 @@ class Call:
     def attach(self, twilio: web.WebSocketResponse, start: dict) -> None:
         """The call's Media Stream has started: audio can flow both ways."""
         self.twilio, self.stream_sid = twilio, start["streamSid"]
+        self.heard_at = time.monotonic()  # silence counts from here, not the webhook
         self.log.info("stream %s started", printable(self.stream_sid))
         self.streaming.set()
         if self.config.record_calls:

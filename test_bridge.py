@@ -2459,3 +2459,19 @@ async def test_every_line_of_a_call_starts_with_its_call_sid(caplog):
         lines = [r.getMessage() for r in caplog.records if r.name == "bridge"]
     assert lines.pop(0).startswith("TWILIO_AUTH_TOKEN is not set")  # at start-up
     assert len(lines) > 5 and all(line.startswith("[CA1] ") for line in lines)
+
+
+@async_test
+async def test_silence_is_counted_from_the_streams_start_not_the_webhook(monkeypatch):
+    monkeypatch.setattr(bridge, "TWILIO_SILENCE", 0.2)
+    monkeypatch.setattr(bridge, "WATCH_EVERY", 0.02)
+    async with world() as w:
+        await webhook(w)
+        session = await w.openai.session()
+        await asyncio.sleep(
+            0.3
+        )  # Twilio is slow to open the stream (setup, not a wait)
+        twilio = await w.call()
+        with pytest.raises(TimeoutError):  # the watch looks several times: no hang-up
+            await asyncio.wait_for(twilio.ws.receive(), 0.1)
+        await call_goes_on(twilio, session)
