@@ -679,8 +679,9 @@ class Call:
             self.openai_ready = False  # caller audio is held for the new session
             await close_socket(self.openai, self.log)  # OpenAI's may never come
         elif kind == "error":
-            code, message = event["error"].get("code"), event["error"].get("message")
-            self.log.warning("OpenAI error %s: %s", code, printable(message, 300))
+            code = printable(event["error"].get("code"))
+            message = printable(event["error"].get("message"), 300)
+            self.log.warning("OpenAI error %s: %s", code, message)
 
     # -- Playback, marks and barge-in ------------------------------------------
 

@@ -2475,3 +2475,14 @@ async def test_silence_is_counted_from_the_streams_start_not_the_webhook(monkeyp
         with pytest.raises(TimeoutError):  # the watch looks several times: no hang-up
             await asyncio.wait_for(twilio.ws.receive(), 0.1)
         await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_an_openai_error_code_cannot_forge_a_log_line(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        error = {"type": "x", "code": "bad\nERROR forged line", "message": "m"}
+        await session.send(type="error", event_id="e1", error=error)
+        await call_goes_on(twilio, session)
+    assert "OpenAI error bad\\nERROR forged line: m" in caplog.text
+    assert not any(line.startswith("ERROR forged") for line in caplog.text.splitlines())
