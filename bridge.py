@@ -57,7 +57,6 @@ log = logging.getLogger("bridge")
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
-TOKEN = "TWILIO_AUTH_TOKEN"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -104,7 +103,8 @@ class Config:
         """The settings in the environment, or ValueError: a line per bad one."""
         values, problems = {}, []
         for item in fields(cls):
-            name, value = item.name.upper(), env.get(item.name.upper(), "").strip()
+            name = item.name.upper()
+            value = env.get(name, "").strip()
             allowed, says = item.metadata["allowed"], item.metadata["says"]
             if isinstance(allowed, range):
                 ok = re.fullmatch("[0-9]{1,6}", value) and int(value) in allowed
@@ -122,9 +122,10 @@ class Config:
         if config.idle_timeout_seconds and config.turn_detection != "server_vad":
             problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
         rest = config.twilio_account_sid and config.twilio_auth_token
+        credentials = "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         for name in ("TRANSFER_NUMBER", "RECORD_CALLS"):
             if getattr(config, name.lower()) and not rest:
-                problems.append(f"{name} needs TWILIO_ACCOUNT_SID and {TOKEN}")
+                problems.append(f"{name} needs {credentials}")
         if problems:
             raise ValueError("\n".join(problems))
         return config
@@ -1063,7 +1064,8 @@ def create_app() -> web.Application:
     if not config.openai_api_key:
         sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
     try:  # now, so that no turn's transcript fails for want of it
-        Path(config.transcript_dir or ".").mkdir(parents=True, exist_ok=True)
+        if config.transcript_dir:
+            Path(config.transcript_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
     raise_file_limit()
