@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("bridge")
 
@@ -57,6 +58,9 @@ log = logging.getLogger("bridge")
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
+CALL_SID = "CA[0-9a-f]{32}"  # Twilio's ids: two letters for the kind, 32 hex digits
+STREAM_SID = "MZ[0-9a-f]{32}"
+SECRET = "[!-~]+"  # a key or token: printable ASCII, no spaces
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -73,15 +77,20 @@ def setting(default: Any, allowed: str | range = ".+", says: str = "") -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    openai_api_key: str = setting("")
+    openai_api_key: str = setting("", SECRET, "no spaces or line breaks")
     openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "a wss:// URL")
     openai_model: str = setting("gpt-realtime-2.1")
     port: int = setting(8080, range(1, 65536))
+    # Unset: all interfaces with TWILIO_AUTH_TOKEN set, else only this machine.
+    host: str = setting("", r"[\w.:-]+", "an address to listen on, e.g. 0.0.0.0")
     # The https address Twilio calls (a tunnel's); else the Host header's.
-    public_url: str = setting("", r"https://[\w.-]+(:\d+)?", "https:// and a host")
-    twilio_auth_token: str = setting("")  # set: requests must carry a signature
+    public_url: str = setting(
+        "", r"https://[\w.-]+(:[0-9]{1,5})?", "https:// and a host"
+    )
+    # Set: requests must carry Twilio's signature.
+    twilio_auth_token: str = setting("", SECRET, "no spaces or line breaks")
     voice: str = setting("marin", "[a-z]+", "a voice's name, e.g. marin")
-    instructions: str = setting(DEFAULT_INSTRUCTIONS)
+    instructions: str = setting(DEFAULT_INSTRUCTIONS, "(?s).+")  # lines allowed
     transcript_dir: str = setting("")  # set: one JSON Lines transcript per call
     turn_detection: str = setting("server_vad", "server_vad|semantic_vad")
     # A handset is a close-talking microphone; a speakerphone is far_field.
@@ -97,6 +106,8 @@ class Config:
     record_calls: bool = setting(False, "1|true|0|false")
     # SIGTERM lets live calls end on their own for this long (0: hangs up at once).
     drain_seconds: int = setting(0, range(86401))
+    # Calls at once, those still ringing included: about one core's worth.
+    max_calls: int = setting(300, range(1, 100001))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -113,12 +124,16 @@ class Config:
                 ok = re.fullmatch(allowed, value)
             if value and not ok:
                 says = says or allowed.replace("|", " or ")
-                problems.append(f"{name}={value!r} is not allowed: {says}")
+                shown = name if allowed == SECRET else f"{name}={value!r}"  # a secret
+                problems.append(f"{shown} is not allowed: {says}")
             elif value:  # a bool is a flag, 1 or true; an int or a str converts
                 kind = type(item.default)
                 converted = value in ("1", "true") if kind is bool else kind(value)
                 values[item.name] = converted
         config = cls(**values)
+        port = config.public_url.rpartition(":")[2]
+        if port.isdigit() and not 0 < int(port) < 65536:
+            problems.append("PUBLIC_URL's port is not allowed: 1 to 65535")
         if config.idle_timeout_seconds and config.turn_detection != "server_vad":
             problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
         rest = config.twilio_account_sid and config.twilio_auth_token
@@ -146,9 +161,13 @@ OPENAI_HEARTBEAT = 20.0  # seconds between pings: OpenAI is legitimately quiet
 # starts. STREAM_WAIT bounds the wait for the stream (then its proof expires too):
 # a caller who hangs up while it rings leaves no session open for long.
 STREAM_WAIT = 15.0
-EARLY_SESSIONS = 100  # sessions opened ahead of their streams at once, at most
 HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
 WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
+REFUSALS_EVERY = 60.0  # seconds: refusals of a kind log WARNINGS_SHOWN lines in each
+# The last REMEMBERED answered calls and used proofs are remembered, so that a replay
+# buys nothing: at 300 calls at once of 3 minutes each, the last 100 minutes.
+REMEMBERED = 10_000
+MAX_REST_ANSWER = 1024 * 1024  # bytes of a REST answer read, at most
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
 REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
@@ -244,9 +263,14 @@ def session_update(config: Config, instructions: str) -> dict:
     audio_out = {"format": {"type": "audio/pcmu"}, "voice": config.voice}
     session = {"type": "realtime", "instructions": instructions}
     session["audio"] = {"input": audio_in, "output": audio_out}
-    left_out = set() if config.transfer_number else {"transfer_call"}
-    session["tools"] = [d for name, (_, d) in TOOLS.items() if name not in left_out]
+    session["tools"] = [declaration for _, declaration in tools_for(config).values()]
     return {"type": "session.update", "session": session}
+
+
+def tools_for(config: Config) -> dict[str, tuple[Callable, dict]]:
+    """The tools a session declares, the only ones the model may call."""
+    left_out = set() if config.transfer_number else {"transfer_call"}
+    return {name: tool for name, tool in TOOLS.items() if name not in left_out}
 
 
 def message_item(role: str, text: str) -> dict:
@@ -288,52 +312,76 @@ def check_signature(request: web.Request, url: str, params: dict[str, str]) -> N
     urls = {f"{scheme}://{h}/{p}" for h in hosts for p in {path, path + "/"}}
     signed = (twilio_signature(token, u, params) for u in urls)
     if not (given.isascii() and any(hmac.compare_digest(s, given) for s in signed)):
-        log.warning("%s %s from %s: bad signature", request.method, url, request.remote)
-        raise web.HTTPForbidden(text="invalid Twilio signature")
+        raise refusal(request, web.HTTPForbidden, "bad signature (checked %s)", url)
+
+
+def refusal(
+    request: web.Request, error: type[web.HTTPException], why: str, *args: object
+) -> web.HTTPException:
+    """An HTTP error for a request we refuse, logged as one short line."""
+    what = (request.method, printable(request.path), request.remote)
+    request.app[REFUSALS].warning("%s %s from %s: " + why, *what, *map(printable, args))
+    response = error()
+    response.force_close()  # nothing more from a client we refuse
+    return response
 
 
 def call_proof(token: str, call_sid: str, expires: int = 0) -> str:
     # The stream's proof that this bridge answered its call's webhook: the CallSid and
     # an expiry signed with the auth token. A handshake's signature covers only the URL,
     # the same for every call, so a captured one could be replayed; a proof cannot be
-    # reused for another call or later, and any instance can check it.
+    # used for another call or later, and any instance can check it.
     expires = expires or int(time.time() + STREAM_WAIT)
     signed = f"{call_sid}:{expires}".encode()
     return f"{expires}:{hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()}"
 
 
 def proof_ok(token: str, call_sid: str, proof: object) -> bool:
-    expires, _, _ = str(proof).partition(":")
-    if not expires.isdigit() or int(expires) < time.time():
+    # Any text a stream sends may land here: only the proof's own shape is read.
+    if not (isinstance(proof, str) and re.fullmatch("[0-9]{1,12}:[0-9a-f]{64}", proof)):
         return False
-    expected = call_proof(token, call_sid, int(expires))
-    return hmac.compare_digest(expected.encode(), str(proof).encode())
+    expires = int(proof.partition(":")[0])
+    expected = call_proof(token, call_sid, expires)
+    return expires >= time.time() and hmac.compare_digest(expected, proof)
+
+
+async def signed_form(request: web.Request) -> dict[str, str]:
+    """A webhook's form fields, once its body has come, well formed and signed."""
+    try:  # aiohttp would wait for a body that never ends
+        async with asyncio.timeout(BODY_TIMEOUT):
+            form = dict(await request.post())
+    except TimeoutError:
+        raise refusal(request, web.HTTPRequestTimeout, "no body in time") from None
+    except (ValueError, LookupError, HttpProcessingError) as exc:  # charset=foo, ...
+        raise refusal(request, web.HTTPBadRequest, "malformed body: %s", exc) from None
+    check_signature(request, public_base(request) + request.raw_path, form)
+    return form
 
 
 async def incoming(request: web.Request) -> web.Response:
     """Twilio's voice webhook: answer with TwiML that streams the call to /media."""
-    try:  # aiohttp would wait for a body that never ends
-        async with asyncio.timeout(BODY_TIMEOUT):
-            form = await request.post()
-    except TimeoutError:
-        log.warning("POST /incoming from %s: no body in time", request.remote)
-        timed_out = web.Response(status=408, text="request timeout")
-        timed_out.force_close()
-        return timed_out
-    check_signature(request, public_base(request) + request.raw_path, dict(form))
-    if request.app[DRAIN].until is not None:  # Twilio tries the fallback URL
+    app, form = request.app, await signed_form(request)
+    config, calls = app[CONFIG], app[CALLS]
+    if app[DRAIN].until is not None:  # Twilio tries the fallback URL
         raise web.HTTPServiceUnavailable(text="draining: no new calls")
-    call_sid = str(form.get("CallSid", ""))
+    call_sid, account = str(form.get("CallSid", "")), form.get("AccountSid")
+    if not re.fullmatch(CALL_SID, call_sid):
+        raise refusal(request, web.HTTPBadRequest, "not a CallSid: %s", call_sid)
+    if config.twilio_account_sid and account != config.twilio_account_sid:
+        raise refusal(request, web.HTTPBadRequest, "another account's call")
+    # A replayed webhook must not mint a fresh proof for a call that has ended.
+    if call_sid in calls or not app[ONCE].add(call_sid):
+        raise refusal(request, web.HTTPForbidden, "%s was answered already", call_sid)
+    if len(calls) >= config.max_calls:  # the caller hears busy; Twilio bills nothing
+        app[REFUSALS].warning("a call refused: MAX_CALLS=%d calls are live", len(calls))
+        return twiml('<Response><Reject reason="busy"/></Response>')
     stream_url = public_base(request, websocket=True) + "/media"
-    log.info("[%s] incoming call, streamed to %s", printable(call_sid), stream_url)
-    calls, token = request.app[CALLS], request.app[CONFIG].twilio_auth_token
+    log.info("[%s] incoming call, streamed to %s", call_sid, printable(stream_url))
     context = call_context(form)
-    waiting = sum(call.twilio is None for call in calls.values())
-    if call_sid and call_sid not in calls and waiting < EARLY_SESSIONS:
-        begin_call(request.app, call_sid, context)
+    begin_call(app, call_sid, context)
     parameters = dict(context)
-    if token:
-        parameters["proof"] = call_proof(token, call_sid)
+    if config.twilio_auth_token:
+        parameters["proof"] = call_proof(config.twilio_auth_token, call_sid)
     # No query string on the stream URL: Twilio drops it, so values for the stream
     # travel as <Parameter>s. Nothing after <Connect>: when we close, the call ends.
     stream = "".join(
@@ -341,8 +389,11 @@ async def incoming(request: web.Request) -> web.Response:
         for k, v in parameters.items()
     )
     stream = f"<Stream url={quoteattr(stream_url)}>{stream}</Stream>"
-    twiml = f"<Response><Connect>{stream}</Connect></Response>"
-    return web.Response(text=twiml, content_type="text/xml")
+    return twiml(f"<Response><Connect>{stream}</Connect></Response>")
+
+
+def twiml(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/xml")
 
 
 # ----------------------------------------------------------------------------
@@ -364,14 +415,24 @@ async def twilio_rest(
     timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
     try:
         async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
-            answer = await response.json(content_type=None)
+            answer = json.loads(await read_at_most(response, MAX_REST_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise TwilioError(f"Twilio's API did not answer: {exc!r}") from None
+        raise TwilioError(f"Twilio's API did not answer: {printable(exc)}") from None
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
-        code, message = error.get("code"), error.get("message")
+        code, message = printable(error.get("code")), printable(error.get("message"))
         raise TwilioError(f"Twilio refused (HTTP {response.status}): {code} {message}")
     return answer
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """An answer's body; ValueError if it is longer than `limit` bytes."""
+    body = b""
+    while chunk := await response.content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise ValueError(f"an answer over {limit} bytes")
+    return body
 
 
 # ----------------------------------------------------------------------------
@@ -440,6 +501,54 @@ async def close_socket(socket: Any, log: CallLog) -> None:
         log.info("a peer did not answer our close: connection dropped")
 
 
+class Refusals:
+    """Refused requests and streams: the first few of a kind each minute are logged,
+    then counted, so that a flood of them cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.minute, self.shown, self.hidden = 0, Counter(), 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        minute = int(time.monotonic() // REFUSALS_EVERY)
+        if minute != self.minute:
+            if self.hidden:
+                log.warning(
+                    "%d more refusals in the last minute not shown", self.hidden
+                )
+            self.minute, self.shown, self.hidden = minute, Counter(), 0
+        self.shown[msg] += 1
+        if self.shown[msg] <= WARNINGS_SHOWN:
+            log.warning(msg, *args)
+        else:
+            self.hidden += 1
+
+    # aiohttp logs a request it cannot parse with a 20-line traceback, through the
+    # logger it is given: this one, so that such a request is one more refusal.
+    debug = logging.getLogger("aiohttp.server").debug
+
+    def exception(self, msg: str, *args: object, exc_info: Any = None) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.warning("a malformed HTTP request refused: %s", printable(exc_info))
+        else:
+            logging.getLogger("aiohttp.server").exception(msg, *args, exc_info=exc_info)
+
+
+class Recent:
+    """The newest REMEMBERED keys seen: a bounded memory of what came lately."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, None] = {}  # oldest first
+
+    def add(self, key: str) -> bool:
+        """Remember `key`; False if it was seen already."""
+        if key in self.seen:
+            return False
+        self.seen[key] = None
+        if len(self.seen) > REMEMBERED:
+            del self.seen[next(iter(self.seen))]
+        return True
+
+
 KEYPAD = set("0123456789*#ABCD")  # what a dtmf digit can be
 
 
@@ -463,9 +572,8 @@ class Call:
         self.heard_at = 0.0  # when Twilio's last message came
         self.sending: dict[Any, float] = {}  # socket -> when a send to it began
         self.transcript: Path | None = None
-        if self.config.transcript_dir:
-            name = "".join(c for c in call_sid if c.isalnum()) or "call"
-            self.transcript = Path(self.config.transcript_dir) / f"{name}.jsonl"
+        if self.config.transcript_dir:  # a CallSid is letters and digits: a safe name
+            self.transcript = Path(self.config.transcript_dir) / f"{call_sid}.jsonl"
         # Playback: what the caller has heard of the agent.
         self.stream_ms = 0  # Twilio's stream clock: the newest media timestamp
         self.unplayed: deque[Chunk] = deque()  # sent to Twilio, mark not back yet
@@ -483,6 +591,7 @@ class Call:
         self.speech_stopped_at: float | None = None
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
+        self.transferred = False  # a call is transferred once at most
 
     def attach(self, twilio: web.WebSocketResponse, start: dict) -> None:
         """The call's Media Stream has started: audio can flow both ways."""
@@ -772,17 +881,17 @@ class Call:
 
     def on_function_call(self, name: str, call_id: str, arguments: str) -> None:
         self.log.info("the model calls %s(%s)", printable(name), printable(arguments))
-        if name == "end_call":
+        if name not in tools_for(self.config):  # never run what was not declared
+            self.start(self.answer(call_id, f"error: there is no tool named {name!r}"))
+        elif name == "end_call":
             self.start(self.end_call())
-        elif name == "transfer_call" and self.config.transfer_number:
+        elif name == "transfer_call":
             self.start(self.transfer(call_id))  # its arguments are never read
         else:  # in a task of its own, so the audio keeps flowing meanwhile
             self.start(self.run_tool(name, call_id, arguments))
 
     async def run_tool(self, name: str, call_id: str, arguments: str) -> None:
         try:
-            if name not in TOOLS:
-                raise LookupError(f"there is no tool named {name!r}")
             function, _ = TOOLS[name]
             kwargs = json.loads(arguments)
             if inspect.iscoroutinefunction(function):
@@ -827,6 +936,9 @@ class Call:
     async def transfer(self, call_id: str) -> None:
         """Once the caller has heard the agent say so, dial TRANSFER_NUMBER."""
         # Twilio then leaves our TwiML: it stops the stream, and the call ends here.
+        if self.transferred:  # a model talked into it must not dial again and again
+            return await self.answer(call_id, "error: the call was transferred once")
+        self.transferred = True
         await self.finish_speaking()
         twiml = f"<Response><Dial>{self.config.transfer_number}</Dial></Response>"
         try:
@@ -886,63 +998,79 @@ class Drain:
 CONFIG = web.AppKey("config", Config)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS = web.AppKey("calls", dict)  # CallSid -> Call
+REFUSALS = web.AppKey("refusals", Refusals)
+ONCE = web.AppKey("once", Recent)  # CallSids answered and proofs used: once each
 DRAIN = web.AppKey("drain", Drain)
 
 
-async def stream_start(twilio: web.WebSocketResponse) -> dict | None:
-    """Twilio's `start` message, or None (logged) if none comes in time."""
-    log = CallLog("new stream")
+async def stream_start(twilio: web.WebSocketResponse, refusals: Refusals) -> dict:
+    """Twilio's `start` message; {} (logged) if none comes in time, or a bad one."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             async for msg in twilio:
-                event = parse(msg, "Twilio", "event", log)
+                event = parse(msg, "Twilio", "event", refusals)
                 if event is None or event["event"] == "connected":
                     continue
                 if event["event"] != "start":
-                    log.warning("%s before start ignored", printable(event["event"]))
-                elif not usable_start(event.get("start")):
-                    log.warning("malformed Twilio start ignored")
-                else:
+                    refusals.warning(
+                        "%s before start ignored", printable(event["event"])
+                    )
+                elif usable_start(event.get("start")):
                     return event["start"]
+                else:
+                    refusals.warning("stream refused: a start without Twilio's ids")
+                    return {}
     except TimeoutError:
         pass
-    log.warning("no start message from Twilio")
-    return None
+    refusals.warning("stream refused: no start message from Twilio")
+    return {}
 
 
 def usable_start(start: object) -> bool:
-    """A `start` with both ids as text, and its parameters (if any) an object."""
-    ids_ok = isinstance(start, dict) and all(
-        isinstance(start.get(key), str) and start[key]
-        for key in ("streamSid", "callSid")
+    """A `start` with Twilio's two ids, and its parameters (if any) an object."""
+    return (
+        isinstance(start, dict)
+        and isinstance(start.get("customParameters", {}), dict)
+        and re.fullmatch(CALL_SID, str(start.get("callSid"))) is not None
+        and re.fullmatch(STREAM_SID, str(start.get("streamSid"))) is not None
     )
-    return ids_ok and isinstance(start.get("customParameters", {}), dict)
 
 
 async def media(request: web.Request) -> web.StreamResponse:
     # Twilio's Media Stream for one call. No OpenAI session is opened before its `start`
     # proves (with signatures on) that our webhook answered this call: an open socket
     # alone, or a replayed handshake, must cost nothing.
-    url = public_base(request, websocket=True) + request.raw_path
-    check_signature(request, url, {})
+    app = request.app
+    check_signature(
+        request, public_base(request, websocket=True) + request.raw_path, {}
+    )
     twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
     await twilio.prepare(request)
-    calls, token = request.app[CALLS], request.app[CONFIG].twilio_auth_token
-    start = await stream_start(twilio)
-    call_sid = start["callSid"] if start else ""
-    parameters = start.get("customParameters", {}) if start else {}
-    call, stream_log = calls.get(call_sid), CallLog(call_sid or "new stream")
-    if start is None:
+    config, calls, refused = app[CONFIG], app[CALLS], app[REFUSALS].warning
+    start = await stream_start(twilio, app[REFUSALS])
+    call_sid, parameters = start.get("callSid", ""), start.get("customParameters", {})
+    call, token, proof = (
+        calls.get(call_sid),
+        config.twilio_auth_token,
+        parameters.get("proof"),
+    )
+    if not start:
         pass
-    elif token and not proof_ok(token, call_sid, parameters.get("proof")):
-        stream_log.warning("stream refused: no valid proof")
+    elif token and not proof_ok(token, call_sid, proof):
+        refused("[%s] stream refused: no valid proof", call_sid)
+    elif token and not app[ONCE].add(proof):  # a replay of a stream's start
+        refused("[%s] stream refused: its proof was used already", call_sid)
     elif call is not None and call.twilio is not None:
-        stream_log.warning("a second stream for the call refused")
+        refused("[%s] a second stream for the call refused", call_sid)
+    elif call is None and len(calls) >= config.max_calls:
+        refused(
+            "[%s] stream refused: MAX_CALLS=%d calls are live", call_sid, len(calls)
+        )
     else:  # no session yet if another instance, or a restart, answered the webhook
-        call = call or begin_call(request.app, call_sid, call_context(parameters))
+        call = call or begin_call(app, call_sid, call_context(parameters))
         call.attach(twilio, start)
         await asyncio.wait([call.task])
-    await close_socket(twilio, stream_log)
+    await close_socket(twilio, CallLog(call_sid or "new stream"))
     return twilio
 
 
@@ -960,8 +1088,10 @@ async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        what = f"{request.method} {printable(request.path)}"
-        log.warning("%s: %s (the webhook is POST /incoming)", what, exc.reason)
+        what = (request.method, printable(request.path), exc.reason)
+        request.app[REFUSALS].warning(
+            "%s %s: %s (the webhook is POST /incoming)", *what
+        )
         raise
 
 
@@ -981,6 +1111,7 @@ async def health(request: web.Request) -> web.Response:
     """For a load balancer: 200 while the bridge takes calls, 503 while it drains."""
     calls, draining = len(request.app[CALLS]), request.app[DRAIN].until is not None
     status = {"status": "draining" if draining else "ok", "calls": calls}
+    status["max_calls"] = request.app[CONFIG].max_calls
     return web.json_response(status, status=503 if draining else 200)
 
 
@@ -1014,12 +1145,12 @@ async def close_calls(app: web.Application) -> None:
 
 
 async def quiet_accept_errors(app: web.Application) -> None:
-    # Out of file descriptors, asyncio logs a traceback each time it retries accept()
-    # (every second): one warning line says it better.
+    # Out of file descriptors, asyncio logs a traceback each time it retries accept():
+    # a refusal's line says it better.
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         if context.get("message") == "socket.accept() out of system resource":
-            log.warning("no file descriptor left: %s", context["exception"])
+            app[REFUSALS].warning("no file descriptor left: %s", context["exception"])
         else:
             loop.default_exception_handler(context)
 
@@ -1041,12 +1172,14 @@ def raise_file_limit() -> None:
 def make_app(config: Config) -> web.Application:
     if not config.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)")
+    refusals = Refusals()
     # lingering_time=0: a request whose body never came is closed at once, not
     # read for 10 s more.
-    closing = {"lingering_time": 0}
-    app = web.Application(middlewares=[log_wrong_requests], handler_args=closing)
+    server = {"lingering_time": 0, "logger": refusals}
+    app = web.Application(middlewares=[log_wrong_requests], handler_args=server)
     app[CONFIG] = config
     app[CALLS] = {}
+    app[REFUSALS], app[ONCE] = refusals, Recent()
     app[DRAIN] = Drain()
     app.cleanup_ctx.append(http_session)
     app.on_startup.append(quiet_accept_errors)
@@ -1074,9 +1207,19 @@ def create_app() -> web.Application:
 
 async def serve(app: web.Application) -> None:
     """Serve until a signal: SIGTERM drains first, Ctrl-C or a second signal not."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    config, runner = (
+        app[CONFIG],
+        web.AppRunner(app, access_log=None, handle_signals=False),
+    )
     await runner.setup()
-    await web.TCPSite(runner, port=app[CONFIG].port).start()
+    # Without TWILIO_AUTH_TOKEN anyone who reaches the port opens sessions on your
+    # bill: so only this machine, unless HOST says otherwise (a tunnel here reaches it).
+    host = config.host or (None if config.twilio_auth_token else "127.0.0.1")
+    await web.TCPSite(runner, host, config.port).start()
+    where, model = host or "all interfaces", config.openai_model
+    log.info("listening on %s port %d, model %s", where, config.port, model)
+    webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
+    log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
     signalled, loop = asyncio.Event(), asyncio.get_running_loop()
 
     def on_signal(number: int) -> None:
@@ -1096,7 +1239,10 @@ async def place_call(config: Config, number: str) -> str:
     form = {"To": number, "From": config.twilio_number, "Method": "POST"}
     form["Url"] = config.public_url + "/incoming"
     async with aiohttp.ClientSession() as http:
-        return (await twilio_rest(http, config, "Calls.json", form))["sid"]
+        answer = await twilio_rest(http, config, "Calls.json", form)
+    if not re.fullmatch(CALL_SID, str(answer.get("sid"))):
+        raise TwilioError("Twilio's answer has no CallSid")
+    return answer["sid"]
 
 
 def call_command(config: Config, arguments: list[str]) -> None:
@@ -1126,12 +1272,7 @@ def settings() -> Config:
 def main() -> None:
     if sys.argv[1:2] == ["call"]:
         return call_command(settings(), sys.argv[2:])
-    app = create_app()
-    config = app[CONFIG]
-    webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
-    log.info("listening on port %d, model %s", config.port, config.openai_model)
-    log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
-    asyncio.run(serve(app))
+    asyncio.run(serve(create_app()))
 
 
 if __name__ == "__main__":

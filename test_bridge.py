@@ -22,11 +22,13 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -48,6 +50,14 @@ def audio(tag: str, size: int = 800) -> str:
 
 def tag_of(payload: str) -> str:
     return base64.b64decode(payload).rstrip(b"\xff").decode()
+
+
+def sid(kind: str, number: int) -> str:
+    """A Twilio id: two letters for its kind and 32 hex digits, here a number's."""
+    return f"{kind}{number:032x}"
+
+
+CA1 = sid("CA", 1)  # the first call of a test
 
 
 def async_test(test):
@@ -138,22 +148,27 @@ class FakeOpenAI:
         return sum(not s.closed.is_set() for s in self.sessions)
 
 
+NEW_CALL = sid("CA", 0xC0FFEE)  # the call the fake REST API places
+
+
 class FakeTwilioAPI:
     """Twilio's REST API: records each request, answers as told (or hangs)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict]] = []  # path, auth header, form
         self.received = asyncio.Event()
-        self.answers: list[tuple[int, dict] | str] = []  # "hang" never answers
+        self.answers: list[tuple[int, dict | bytes] | str] = []  # "hang": no answer
 
     async def handler(self, request: web.Request) -> web.Response:
         form = dict(await request.post())
         self.requests.append((request.path, request.headers["Authorization"], form))
         self.received.set()
-        answer = self.answers.pop(0) if self.answers else (201, {"sid": "CAnew"})
+        answer = self.answers.pop(0) if self.answers else (201, {"sid": NEW_CALL})
         if answer == "hang":
             await asyncio.sleep(60)
         status, body = answer
+        if isinstance(body, bytes):  # not JSON, or too much of it
+            return web.Response(body=body, status=status)
         return web.json_response(body, status=status)
 
     async def request(self) -> tuple[str, str, dict]:
@@ -165,11 +180,11 @@ class FakeTwilio:
     """The Twilio side of one call's Media Stream."""
 
     def __init__(
-        self, ws: aiohttp.ClientWebSocketResponse, name: str, token: str = ""
+        self, ws: aiohttp.ClientWebSocketResponse, number: int, token: str = ""
     ) -> None:
         self.ws = ws
-        self.stream_sid = f"MZ{name}"
-        self.call_sid = f"CA{name}"
+        self.stream_sid = sid("MZ", number)
+        self.call_sid = sid("CA", number)
         self.token = token  # set: `start` carries the proof our webhook would give
         self.clock = 0  # the stream clock, in ms
 
@@ -242,7 +257,7 @@ class World:
         token = self.app[bridge.CONFIG].twilio_auth_token
         headers = {"Host": "example.com", **sign("wss://example.com/media")}
         ws = await self.client.ws_connect("/media", headers=headers if token else {})
-        twilio = FakeTwilio(ws, str(self.calls), token)
+        twilio = FakeTwilio(ws, self.calls, token)
         if start:
             await twilio.start()
         return twilio
@@ -278,7 +293,7 @@ async def world(**config):
 async def test_incoming_answers_twiml_streaming_to_media_on_the_request_host():
     async with world() as w:
         response = await w.client.post(
-            "/incoming", data={"CallSid": "CA1"}, headers={"Host": "abc.example.com"}
+            "/incoming", data={"CallSid": CA1}, headers={"Host": "abc.example.com"}
         )
         assert response.status == 200
         assert response.content_type == "text/xml"
@@ -291,7 +306,7 @@ async def test_incoming_answers_twiml_streaming_to_media_on_the_request_host():
 @async_test
 async def test_incoming_uses_public_url_when_set():
     async with world(public_url="https://tunnel.example.com") as w:
-        response = await w.client.post("/incoming", data={"CallSid": "CA1"})
+        response = await w.client.post("/incoming", data={"CallSid": CA1})
         assert 'url="wss://tunnel.example.com/media"' in await response.text()
 
 
@@ -763,8 +778,8 @@ class Running:
             await asyncio.sleep(0.05)
         raise AssertionError(f"never logged: {text}\n{''.join(self.lines)}")
 
-    async def answered_call(self, name: str) -> tuple[FakeTwilio, Session]:
-        twilio = FakeTwilio(await self.http.ws_connect(self.url("/media")), name)
+    async def answered_call(self, number: int) -> tuple[FakeTwilio, Session]:
+        twilio = FakeTwilio(await self.http.ws_connect(self.url("/media")), number)
         await twilio.start()
         session = await self.openai.session()
         assert (await session.next())["type"] == "session.update"
@@ -816,7 +831,7 @@ async def running_bridge(*command: str, **env: str):
 @async_test
 async def test_sigterm_closes_open_calls_on_both_sides():
     async with running_bridge() as bridge_process:
-        twilio, session = await bridge_process.answered_call("sig")
+        twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
         await twilio.wait_closed()
         await session.wait_closed()
@@ -826,13 +841,14 @@ async def test_sigterm_closes_open_calls_on_both_sides():
 # ============================================ Trust: signatures and bad input
 
 TOKEN = "12345"  # the auth token of Twilio's worked examples
-FORM = {"CallSid": "CA1234567890ABCDE", "From": "+14158675310", "To": "+18005551212"}
+FORM = {"CallSid": CA1, "From": "+14158675310", "To": "+18005551212"}
 
 
 def test_signatures_match_twilios_worked_examples():
     url, signature = "https://example.com/incoming", "8jtk0mPGqPEMWOagtxeyKUgk/1I="
-    assert bridge.twilio_signature(TOKEN, url, FORM) == signature
-    unsorted = dict(reversed(FORM.items()))  # Twilio signs the fields sorted by name
+    form = {**FORM, "CallSid": "CA1234567890ABCDE"}
+    assert bridge.twilio_signature(TOKEN, url, form) == signature
+    unsorted = dict(reversed(form.items()))  # Twilio signs the fields sorted by name
     assert bridge.twilio_signature(TOKEN, url, unsorted) == signature
     media = "wss://example.com/media-stream"
     assert bridge.twilio_signature(TOKEN, media, {}) == "XFfwGS2Ev7f9qAP9MmRoMS7C724="
@@ -881,7 +897,7 @@ async def test_signatures_are_checked_against_public_url_behind_a_tunnel():
         ).status == 200
         headers = sign("wss://tunnel.example/media")
         ws = await w.client.ws_connect("/media", headers=headers)
-        await FakeTwilio(ws, "1", TOKEN).start()
+        await FakeTwilio(ws, 1, TOKEN).start()
         await w.openai.session()
 
 
@@ -899,7 +915,7 @@ async def test_media_handshake_with_a_valid_signature_is_accepted(headers):
     async with world(twilio_auth_token=TOKEN) as w:
         headers = {"Host": "example.com", **headers}
         ws = await w.client.ws_connect("/media", headers=headers)
-        await FakeTwilio(ws, "1", TOKEN).start()
+        await FakeTwilio(ws, 1, TOKEN).start()
         await w.openai.session()
 
 
@@ -918,8 +934,8 @@ async def test_media_handshake_without_a_valid_signature_gets_403_and_no_openai(
             await w.client.ws_connect("/media", headers=headers)
         assert refused.value.status == 403
         assert w.openai.sessions == []
-        assert "GET wss://example.com/media from" in caplog.text
-        assert "bad signature" in caplog.text
+        assert "GET /media from 127.0.0.1: bad signature" in caplog.text
+        assert "(checked wss://example.com/media)" in caplog.text
 
 
 BAD_MESSAGES = {
@@ -972,29 +988,37 @@ async def test_media_before_start_is_ignored(caplog):
         assert "media before start ignored" in caplog.text
 
 
-@pytest.mark.parametrize("stream_sid", ["", 5, None])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {"callSid": CA1},  # no streamSid
+        {"callSid": CA1, "streamSid": 5},
+        {"callSid": CA1, "streamSid": "MZ1"},
+        {"callSid": "CA1", "streamSid": sid("MZ", 1)},
+        {"callSid": CA1 + "\n", "streamSid": sid("MZ", 1)},
+        {"callSid": sid("CA", 0xABC).upper(), "streamSid": sid("MZ", 1)},
+        {"callSid": "CA" + "²" * 32, "streamSid": sid("MZ", 1)},
+    ],
+    ids=["none", "number", "short", "short-call", "newline", "upper", "superscript"],
+)
 @async_test
-async def test_a_start_without_a_usable_stream_sid_is_skipped(stream_sid, caplog):
+async def test_a_start_without_twilios_ids_gets_a_closed_socket_and_no_session(
+    ids, caplog
+):
     async with world() as w:
         twilio = await w.call(start=False)
-        await twilio.send(
-            event="start", streamSid=stream_sid, start={"streamSid": stream_sid}
-        )
-        await twilio.start()  # a good one follows: the call starts with it
-        session = await w.openai.session()
-        assert (await session.next())["type"] == "session.update"
-        assert (await session.next())["type"] == "response.create"
-        await say(session, "item_A", "a1")
-        assert (await twilio.receive())["streamSid"] == twilio.stream_sid
-        assert "malformed Twilio start ignored" in caplog.text
+        await twilio.send(event="start", start=ids)
+        await twilio.wait_closed()
+        assert w.openai.sessions == []
+        assert "stream refused: a start without Twilio's ids" in caplog.text
 
 
 @async_test
 async def test_a_second_start_is_ignored_and_the_first_stream_sid_kept(caplog):
     async with world() as w:
         twilio, session = await w.answered_call()
-        start = {"streamSid": "MZother", "callSid": "CAother"}
-        await twilio.send(event="start", streamSid="MZother", start=start)
+        start = {"streamSid": sid("MZ", 2), "callSid": sid("CA", 2)}
+        await twilio.send(event="start", streamSid=sid("MZ", 2), start=start)
         await twilio.speak("after")
         assert await session.audio_tags(1) == ["after"]
         await say(session, "item_A", "a1")
@@ -1054,9 +1078,7 @@ async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind():
             connector=aiohttp.TCPConnector(limit=0)
         ) as http:
             url = w.client.make_url("/media")
-            twilios = [
-                FakeTwilio(await http.ws_connect(url), f"{i}") for i in range(calls)
-            ]
+            twilios = [FakeTwilio(await http.ws_connect(url), i) for i in range(calls)]
             await asyncio.gather(*(t.start() for t in twilios))
             sessions = [await w.openai.session() for _ in range(calls)]
             for i, twilio in enumerate(twilios):  # each caller says its own name
@@ -1198,13 +1220,22 @@ async def slow(**kwargs):
 @pytest.mark.parametrize(
     "name, arguments, expected",
     [
-        ("no_such_tool", "{}", "error: no_such_tool failed: LookupError"),
+        ("no_such_tool", "{}", "error: there is no tool named 'no_such_tool'"),
+        # Not declared without TRANSFER_NUMBER: a model that invents it runs nothing.
+        ("transfer_call", "{}", "error: there is no tool named 'transfer_call'"),
         ("current_time", "{not json", "error: current_time failed: JSONDecodeError"),
         ("current_time", '{"zone": "Mars/Base"}', "error: current_time failed"),
         ("broken", "{}", "error: broken failed: RuntimeError: database is down"),
         ("slow", "{}", "error: slow took longer than 0.2 s"),
     ],
-    ids=["unknown", "bad-json", "tool-raises", "async-raises", "too-slow"],
+    ids=[
+        "unknown",
+        "undeclared",
+        "bad-json",
+        "tool-raises",
+        "async-raises",
+        "too-slow",
+    ],
 )
 @async_test
 async def test_a_failing_tool_becomes_an_error_output_and_the_call_goes_on(
@@ -1384,13 +1415,13 @@ async def test_a_hostile_call_sid_cannot_write_outside_the_transcript_dir(tmp_pa
     transcripts.mkdir()
     async with world(transcript_dir=str(transcripts)) as w:
         twilio = await w.call(start=False)
-        twilio.call_sid = "../CA1"  # would land beside the folder, not in it
+        twilio.call_sid = f"../{CA1}"  # would land beside the folder, not in it
         await twilio.start()
-        session = await w.openai.session()
+        await twilio.wait_closed()
+        twilio, session = await w.answered_call()
         await transcribed(session, "user", "Hello?")
         await call_goes_on(twilio, session)
-    assert [p.name for p in tmp_path.rglob("*.jsonl")] == ["CA1.jsonl"]
-    assert (transcripts / "CA1.jsonl").exists()
+    assert [p.name for p in tmp_path.rglob("*.jsonl")] == [f"{sid('CA', 2)}.jsonl"]
 
 
 @async_test
@@ -1615,60 +1646,244 @@ async def test_the_webhook_gives_each_call_a_proof_its_stream_must_show():
         ).text()
         proof = twiml.split('<Parameter name="proof" value="')[1].split('"')[0]
         assert bridge.proof_ok(TOKEN, FORM["CallSid"], proof)
-        assert not bridge.proof_ok(TOKEN, "CAother", proof)
+        assert not bridge.proof_ok(TOKEN, sid("CA", 2), proof)
         assert not bridge.proof_ok("other token", FORM["CallSid"], proof)
         assert not bridge.proof_ok(TOKEN, FORM["CallSid"], "9999999999:" + "0" * 64)
 
 
-def replayed_start(call_sid: str, proof: object) -> dict:
+REPLAYED = sid("CA", 0xBAD)
+
+
+def replayed_start(proof: object) -> dict:
     return {
-        "streamSid": "MZreplay",
-        "callSid": call_sid,
+        "streamSid": sid("MZ", 0xBAD),
+        "callSid": REPLAYED,
         "customParameters": {} if proof is None else {"proof": proof},
     }
 
 
 @pytest.mark.parametrize(
-    "call_sid, proof",
+    "proof",
     [
-        ("CAreplay", None),
-        ("CAreplay", bridge.call_proof(TOKEN, "CAother")),
-        ("CAreplay", bridge.call_proof(TOKEN, "CAreplay", expires=1_000_000)),
-        ("CAreplay", ["not", "text"]),
+        None,
+        bridge.call_proof(TOKEN, sid("CA", 2)),
+        bridge.call_proof(TOKEN, REPLAYED, expires=1_000_000),
+        ["not", "text"],
+        "²:x",
+        "9" * 5000 + ":" + "0" * 64,
+        "\ud800:" + "0" * 64,
+        bridge.call_proof(TOKEN, REPLAYED).upper(),
     ],
-    ids=["no-proof", "another-calls-proof", "expired-proof", "junk-proof"],
+    ids=[
+        "no-proof",
+        "another-calls-proof",
+        "expired-proof",
+        "junk-proof",
+        "superscript-expiry",
+        "huge-expiry",
+        "lone-surrogate",
+        "upper-case",
+    ],
 )
 @async_test
-async def test_a_replayed_handshake_gets_a_closed_socket_and_no_session(
-    call_sid, proof, caplog
-):
+async def test_a_replayed_handshake_gets_a_closed_socket_and_no_session(proof, caplog):
     async with world(twilio_auth_token=TOKEN) as w:
         headers = {"Host": "example.com", **sign("wss://example.com/media")}
         replays = []
         for _ in range(3):  # the same captured header, again and again
-            twilio = FakeTwilio(
-                await w.client.ws_connect("/media", headers=headers), "x"
-            )
-            await twilio.send(event="start", start=replayed_start(call_sid, proof))
+            ws = await w.client.ws_connect("/media", headers=headers)
+            twilio = FakeTwilio(ws, 0xBAD)
+            await twilio.send(event="start", start=replayed_start(proof))
             replays.append(twilio)
         for twilio in replays:
             await twilio.wait_closed()
         assert w.openai.sessions == []
-        assert "[CAreplay] stream refused: no valid proof" in caplog.text
+        assert f"[{REPLAYED}] stream refused: no valid proof" in caplog.text
+        assert "Traceback" not in caplog.text
+
+
+async def second_stream(w: World, proof: str) -> None:
+    """Another stream for call 1, its `start` carrying `proof`: refused."""
+    headers = {"Host": "example.com", **sign("wss://example.com/media")}
+    twilio = FakeTwilio(await w.client.ws_connect("/media", headers=headers), 1)
+    start = {"streamSid": twilio.stream_sid, "callSid": CA1}
+    await twilio.send(
+        event="start", start={**start, "customParameters": {"proof": proof}}
+    )
+    await twilio.wait_closed()
+
+
+@async_test
+async def test_a_proof_opens_one_stream_even_after_its_call_ended(caplog):
+    async with world(twilio_auth_token=TOKEN) as w:
+        proof = bridge.call_proof(TOKEN, CA1)
+        twilio = await w.call(start=False)
+        start = {"streamSid": twilio.stream_sid, "callSid": CA1}
+        await twilio.send(
+            event="start", start={**start, "customParameters": {"proof": proof}}
+        )
+        await w.openai.session()
+        await second_stream(w, proof)  # while the call is live
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await wound_down(w.app)
+        await second_stream(w, proof)  # and once it has ended
+        assert len(w.openai.sessions) == 1
+        refused = f"[{CA1}] stream refused: its proof was used already"
+        assert caplog.text.count(refused) == 2
 
 
 @async_test
 async def test_a_second_stream_for_a_live_call_is_refused(caplog):
     async with world(twilio_auth_token=TOKEN) as w:
-        headers = {"Host": "example.com", **sign("wss://example.com/media")}
         twilio, session = await w.answered_call()
-        ws = await w.client.ws_connect("/media", headers=headers)
-        copy = FakeTwilio(ws, "1", TOKEN)  # the same call, its `start` replayed
-        await copy.start()
-        await copy.wait_closed()
+        other_proof = bridge.call_proof(TOKEN, CA1, int(time.time()) + 100)
+        await second_stream(w, other_proof)
         assert len(w.openai.sessions) == 1
-        assert "[CA1] a second stream for the call refused" in caplog.text
+        assert f"[{CA1}] a second stream for the call refused" in caplog.text
         await call_goes_on(twilio, session)
+
+
+async def post_signed(w: World, form: dict) -> aiohttp.ClientResponse:
+    """The webhook, signed as Twilio signs it."""
+    headers = {"Host": "example.com", **sign("https://example.com/incoming", form)}
+    return await w.client.post("/incoming", data=form, headers=headers)
+
+
+@async_test
+async def test_a_replayed_webhook_gets_403_and_no_proof_even_after_its_call(caplog):
+    async with world(twilio_auth_token=TOKEN) as w:
+        assert (await post_signed(w, FORM)).status == 200
+        twilio, session = await w.answered_call()  # the call, streamed
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await wound_down(w.app)
+        for _ in range(3):  # a captured webhook, replayed
+            replay = await post_signed(w, FORM)
+            assert replay.status == 403
+            assert "proof" not in await replay.text()
+        assert len(w.openai.sessions) == 1
+        assert f"{CA1} was answered already" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        # Twilio's signature glues names and values together, so the fields after
+        # CallSid moved into its value keep it valid: one capture, many "calls".
+        {"CallSid": CA1 + "From+14158675310", "To": "+18005551212"},
+        {"CallSid": CA1 + "From+14158675310To+18005551212"},
+        {"CallSid": "CA1", "From": "+14158675310"},
+        {"From": "+14158675310"},
+        {**FORM, "AccountSid": "AC" + "f" * 32},  # another account's
+    ],
+    ids=["re-split", "re-split-all", "short", "none", "other-account"],
+)
+@async_test
+async def test_a_webhook_without_a_calls_ids_gets_400_and_no_session(form, caplog):
+    async with world(twilio_auth_token=TOKEN, twilio_account_sid=SID) as w:
+        response = await post_signed(w, form)
+        assert response.status == 400
+        assert w.app[bridge.CALLS] == {} and w.openai.sessions == []
+        assert "POST /incoming from 127.0.0.1: " in caplog.text
+
+
+def twilio_signature_of(form: dict) -> str:
+    return bridge.twilio_signature(TOKEN, "https://example.com/incoming", form)
+
+
+def test_the_re_split_forms_carry_the_original_signature():
+    original = {"CallSid": CA1, "From": "+14158675310", "To": "+18005551212"}
+    re_split = {"CallSid": CA1 + "From+14158675310", "To": "+18005551212"}
+    assert twilio_signature_of(re_split) == twilio_signature_of(original)
+
+
+@async_test
+async def test_a_webhook_from_our_account_is_answered():
+    async with world(twilio_auth_token=TOKEN, twilio_account_sid=SID) as w:
+        response = await post_signed(w, {**FORM, "AccountSid": SID})
+        assert response.status == 200
+        await w.openai.session()
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("application/x-www-form-urlencoded; charset=foo", b"CallSid=x"),
+        ("application/x-www-form-urlencoded", b"CallSid=\xff\xfe"),
+        ("multipart/form-data; boundary=xx", b"--xx\r\nbroken"),
+        ("multipart/form-data", b"--xx\r\n"),
+    ],
+    ids=["unknown-charset", "bad-utf-8", "broken-multipart", "no-boundary"],
+)
+@async_test
+async def test_a_malformed_webhook_body_gets_400_and_one_line(
+    content_type, body, caplog
+):
+    async with world() as w:
+        headers = {"Content-Type": content_type}
+        response = await w.client.post("/incoming", data=body, headers=headers)
+        assert response.status == 400
+        assert "Traceback" not in caplog.text
+        refusals = [r for r in caplog.records if "malformed body" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].exc_info is None
+
+
+@async_test
+async def test_a_flood_of_unsigned_requests_adds_little_to_the_log(caplog):
+    async with world(twilio_auth_token=TOKEN) as w:
+        query = "x=" + "a" * 7000
+        for _ in range(2000):
+            response = await w.client.post(f"/incoming?{query}", data=FORM)
+            assert response.status == 403
+    # Every logger's lines but asyncio's own (its debug mode times slow steps).
+    lines = [r.getMessage() for r in caplog.records if r.name != "asyncio"]
+    assert sum(len(line) for line in lines) < 200_000
+    assert max(len(line) for line in lines) <= 300
+    assert sum("bad signature" in line for line in lines) == bridge.WARNINGS_SHOWN
+
+
+@async_test
+async def test_refusals_past_the_first_few_are_counted_once_a_minute(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(bridge, "REFUSALS_EVERY", 0.5)  # a minute, shortened
+    sent = 0
+    async with world(twilio_auth_token=TOKEN) as w:
+        while "more refusals in the last minute not shown" not in caplog.text:
+            assert (await w.client.post("/incoming", data=FORM)).status == 403
+            sent += 1
+    shown = caplog.text.count("bad signature")
+    hidden = sum(map(int, re.findall(r"(\d+) more refusals in the last", caplog.text)))
+    assert shown + hidden == sent and shown <= 2 * bridge.WARNINGS_SHOWN + 1
+
+
+@async_test
+async def test_a_host_header_cannot_forge_a_log_line(caplog):
+    async with world(twilio_auth_token=TOKEN) as w:
+        headers = {"Host": "example.com\x85ERROR forged line"}  # \x85: a line break
+        response = await w.client.post("/incoming", data=FORM, headers=headers)
+        assert response.status == 403
+    lines = caplog.text.splitlines()  # splits at \x85 and \u2028 too
+    assert not any(line.startswith("ERROR forged") for line in lines)
+    assert "example.com\\x85ERROR forged line" in caplog.text
+
+
+@async_test
+async def test_malformed_http_is_one_short_line_not_a_traceback_each(caplog):
+    async with world() as w:
+        for _ in range(100):
+            reader, writer = await asyncio.open_connection(w.client.host, w.client.port)
+            writer.write(
+                b"POST /incoming HTTP/1.1\r\nHost: x\r\nBad\x01Header: 1\r\n\r\n"
+            )
+            answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+            assert answer.startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
+    lines = caplog.text.splitlines()
+    assert "Traceback" not in caplog.text
+    assert sum("a malformed HTTP request refused" in line for line in lines) == 3
+    assert len(lines) < 10
 
 
 @async_test
@@ -1703,10 +1918,8 @@ async def test_a_keypad_digit_that_is_not_a_key_is_ignored(digit, caplog):
 @async_test
 async def test_peer_text_cannot_forge_log_lines_or_flood_the_log(caplog):
     async with world() as w:
-        twilio = await w.call(start=False)
-        twilio.call_sid = "CA1\nERROR forged line"
-        await twilio.start()
-        session = await w.openai.session()
+        twilio, session = await w.answered_call()
+        await twilio.send(event="dance\nERROR forged line")
         for i in range(100):
             await twilio.send(event=f"x{i}" * 10_000)  # 60 KB names
         await call_goes_on(twilio, session)
@@ -1715,10 +1928,10 @@ async def test_peer_text_cannot_forge_log_lines_or_flood_the_log(caplog):
         await wound_down(w.app)
     lines = caplog.text.splitlines()
     assert not any(line.startswith("ERROR forged") for line in lines)
-    assert "[CA1\\nERROR forged line] stream MZ1 started" in caplog.text
+    assert "unknown Twilio event dance\\nERROR forged line ignored" in caplog.text
     assert sum("unknown Twilio event" in line for line in lines) == 3
     assert max(len(line) for line in lines) < 300
-    assert "97 repeated warnings not shown" in caplog.text
+    assert "98 repeated warnings not shown" in caplog.text
 
 
 @async_test
@@ -1793,7 +2006,7 @@ async def test_a_webhook_at_the_wrong_path_or_method_is_logged(
     method, path, status, logged, caplog
 ):
     async with world() as w:
-        response = await w.client.request(method, path, data={"CallSid": "CA1"})
+        response = await w.client.request(method, path, data={"CallSid": CA1})
         assert response.status == status
         assert logged in caplog.text
 
@@ -1937,20 +2150,38 @@ def test_a_bad_setting_exits_with_one_line_and_no_traceback(env, message):
     assert done.stderr.strip() == message
 
 
+def test_instructions_may_span_lines_and_secrets_are_never_printed():
+    instructions = "You answer for Acme.\nBe brief."
+    env = {"OPENAI_API_KEY": "k", "INSTRUCTIONS": instructions}
+    assert bridge.Config.from_env(env).instructions == instructions
+    bad = {
+        "OPENAI_API_KEY": "sk-secret\nsk-more",  # a stray line break from a paste
+        "TWILIO_AUTH_TOKEN": "tok en",
+        "PUBLIC_URL": "https://host:99999",
+    }
+    with pytest.raises(ValueError) as problems:
+        bridge.Config.from_env(bad)
+    assert str(problems.value).splitlines() == [
+        "OPENAI_API_KEY is not allowed: no spaces or line breaks",
+        "TWILIO_AUTH_TOKEN is not allowed: no spaces or line breaks",
+        "PUBLIC_URL's port is not allowed: 1 to 65535",
+    ]
+
+
 CALLER = {"From": "+15551230000", "To": "+15557650000", "Direction": "inbound"}
 
 
 @async_test
 async def test_the_webhook_passes_the_calls_numbers_to_the_stream_escaped():
     async with world() as w:
-        form = {"CallSid": "CA1", **CALLER}
+        form = {"CallSid": CA1, **CALLER}
         twiml = await (await w.client.post("/incoming", data=form)).text()
         assert (
             '<Parameter name="From" value="+15551230000"/>'
             '<Parameter name="To" value="+15557650000"/>'
             '<Parameter name="Direction" value="inbound"/>'
         ) in twiml
-        odd = {"CallSid": "CA1", "From": '"/><Hangup/>', "To": "+1" * 40}
+        odd = {"CallSid": sid("CA", 2), "From": '"/><Hangup/>', "To": "+1" * 40}
         twiml = await (await w.client.post("/incoming", data=odd)).text()
         assert "<Parameter" not in twiml and "Hangup" not in twiml
 
@@ -1999,7 +2230,7 @@ async def test_the_per_call_function_can_replace_the_instructions(monkeypatch):
 # ============================================== The greeting is ready at `start`
 
 
-async def webhook(w: World, call_sid: str = "CA1", **headers) -> str:
+async def webhook(w: World, call_sid: str = CA1, **headers) -> str:
     form = {"CallSid": call_sid, **CALLER}
     response = await w.client.post("/incoming", data=form, headers=headers)
     assert response.status == 200
@@ -2043,7 +2274,7 @@ async def test_greeting_audio_held_before_start_counts_as_played_from_start():
 @async_test
 async def test_with_signatures_only_a_signed_webhook_opens_a_session():
     async with world(twilio_auth_token=TOKEN) as w:
-        form = {"CallSid": "CA1", **CALLER}
+        form = {"CallSid": CA1, **CALLER}
         response = await w.client.post("/incoming", data=form)  # not signed
         assert response.status == 403
         signed = sign("https://example.com/incoming", form)
@@ -2063,22 +2294,7 @@ async def test_a_session_whose_stream_never_comes_is_closed(monkeypatch, caplog)
         session = await w.openai.session()
         await session.wait_closed()
         await wound_down(w.app)
-        assert "[CA1] no stream in 0.2 s: session closed" in caplog.text
-
-
-@async_test
-async def test_sessions_opened_ahead_of_their_streams_are_capped(monkeypatch):
-    monkeypatch.setattr(bridge, "EARLY_SESSIONS", 2)
-    async with world() as w:
-        for name in ("CA1", "CA2", "CA3"):
-            await webhook(w, name)
-        early = [await w.openai.session() for _ in range(2)]
-        assert len(w.openai.sessions) == 2
-        twilios = [await w.call() for _ in range(3)]  # CA3 opens its own at `start`
-        third = await w.openai.session()
-        assert (await third.next())["type"] == "session.update"
-        for twilio, session in zip(twilios, [*early, third], strict=True):
-            await call_goes_on(twilio, session)
+        assert f"[{CA1}] no stream in 0.2 s: session closed" in caplog.text
 
 
 @async_test
@@ -2129,7 +2345,7 @@ def call_settings(w: World) -> dict:
 async def test_the_call_command_places_a_call_to_our_webhook_and_prints_its_sid():
     async with world() as w:
         code, out, err = await run_bridge("call", "+15551234567", **call_settings(w))
-        assert (code, out.strip()) == (0, "CAnew"), err  # no OPENAI_API_KEY needed
+        assert (code, out.strip()) == (0, NEW_CALL), err  # no OPENAI_API_KEY needed
         ((path, auth, form),) = w.api.requests
         assert path == f"/2010-04-01/Accounts/{SID}/Calls.json" and auth == BASIC
         assert form == {
@@ -2254,6 +2470,21 @@ async def test_a_transfer_dials_only_transfer_number_after_the_sentence_is_heard
 
 
 @async_test
+async def test_a_call_is_transferred_once_however_often_the_model_asks():
+    async with world(**REST, transfer_number="+15559990000") as w:
+        twilio, session = await w.answered_call()
+        for i in range(5):  # all in one response, as a model talked into it did
+            await call_tool(session, "transfer_call", "{}", call_id=f"c{i}")
+        for _ in range(4):
+            created = await session.next_of("conversation.item.create")
+            assert created["item"]["output"] == "error: the call was transferred once"
+        await w.api.request()  # nothing was playing: the first went ahead
+        await twilio.send(event="stop", stop={})
+        await session.wait_closed()
+        assert len(w.api.requests) == 1
+
+
+@async_test
 async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(caplog):
     async with world(**REST, transfer_number="+15559990000") as w:
         w.api.answers = [(404, {"code": 20404, "message": "not found", "status": 404})]
@@ -2300,6 +2531,29 @@ async def logged(caplog, text: str) -> None:
     raise AssertionError(f"never logged: {text}")
 
 
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        ((201, {}), "Twilio's answer has no CallSid"),
+        ((201, {"sid": "CA1\nforged"}), "Twilio's answer has no CallSid"),
+        ((201, b"not json"), "Twilio's API did not answer: "),
+        ((201, b" " * (2 * 1024 * 1024)), "Twilio's API did not answer: "),
+        ((400, {"code": "1\n2", "message": "x\nforged"}), "1\\n2 x\\nforged"),
+    ],
+    ids=["no-sid", "odd-sid", "not-json", "huge", "escaped"],
+)
+@async_test
+async def test_a_rest_answer_is_checked_and_bounded(answer, error):
+    async with world(**REST) as w:
+        w.api.answers = [answer]
+        config = w.app[bridge.CONFIG]
+        config = dataclasses.replace(config, twilio_number="+15557650000")
+        with pytest.raises(bridge.TwilioError) as refused:
+            await bridge.place_call(config, "+15551234567")
+        assert error in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("name", ["RECORD_CALLS", "TRANSFER_NUMBER"])
 def test_recording_or_transfer_without_twilio_credentials_is_refused(name):
     env = {
@@ -2320,12 +2574,66 @@ async def test_health_says_ok_with_the_call_count_and_needs_no_signature():
     async with world(twilio_auth_token=TOKEN) as w:
         response = await w.client.get("/health")
         assert response.status == 200
-        assert await response.json() == {"status": "ok", "calls": 0}
+        assert await response.json() == {"status": "ok", "calls": 0, "max_calls": 300}
         await w.answered_call()
         assert await (await w.client.get("/health")).json() == {
             "status": "ok",
             "calls": 1,
+            "max_calls": 300,
         }
+
+
+@async_test
+async def test_past_max_calls_the_webhook_says_busy_and_a_stream_is_closed(caplog):
+    async with world(max_calls=2) as w:
+        await webhook(w, sid("CA", 5))  # still ringing, but it counts
+        await w.openai.session()
+        twilio, session = await w.answered_call()
+        busy = await w.client.post("/incoming", data={"CallSid": sid("CA", 6)})
+        assert await busy.text() == '<Response><Reject reason="busy"/></Response>'
+        late = await w.call()  # a stream past the ceiling
+        await late.wait_closed()
+        assert len(w.openai.sessions) == 2
+        health = await (await w.client.get("/health")).json()
+        assert health == {"status": "ok", "calls": 2, "max_calls": 2}
+        assert "a call refused: MAX_CALLS=2 calls are live" in caplog.text
+        assert "stream refused: MAX_CALLS=2 calls are live" in caplog.text
+        await call_goes_on(twilio, session)
+
+
+def listening_on(port: int) -> set[str]:
+    """The addresses this machine listens on at `port`, as Linux's /proc shows them."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in pathlib.Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: listening
+                addresses.add(address)
+    return addresses
+
+
+LOOPBACK, ANY = "0100007F", "00000000"  # 127.0.0.1 and 0.0.0.0, as /proc writes them
+
+
+@pytest.mark.parametrize(
+    "env, addresses, logged",
+    [
+        ({}, {LOOPBACK}, "listening on 127.0.0.1 port"),
+        ({"HOST": "0.0.0.0"}, {ANY}, "listening on 0.0.0.0 port"),
+        ({"TWILIO_AUTH_TOKEN": TOKEN}, {ANY, "0" * 32}, "on all interfaces port"),
+    ],
+    ids=["unsigned-loopback", "host-set", "signed-everywhere"],
+)
+@async_test
+async def test_without_signatures_the_bridge_listens_on_loopback_only(
+    env, addresses, logged
+):
+    async with running_bridge(**env) as bridge_process:
+        assert listening_on(bridge_process.port) == addresses
+        await bridge_process.logged(logged)
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        assert await bridge_process.exit_code() == 0
 
 
 @async_test
@@ -2335,8 +2643,12 @@ async def test_while_draining_health_is_503_and_a_new_webhook_is_refused():
         w.app[bridge.DRAIN].until = float("inf")  # what SIGTERM starts
         response = await w.client.get("/health")
         assert response.status == 503
-        assert await response.json() == {"status": "draining", "calls": 1}
-        response = await w.client.post("/incoming", data={"CallSid": "CA9"})
+        assert await response.json() == {
+            "status": "draining",
+            "calls": 1,
+            "max_calls": 300,
+        }
+        response = await w.client.post("/incoming", data={"CallSid": sid("CA", 9)})
         assert response.status == 503  # Twilio then tries the number's fallback URL
         assert len(w.openai.sessions) == 1
         await call_goes_on(twilio, session)
@@ -2346,23 +2658,27 @@ async def test_while_draining_health_is_503_and_a_new_webhook_is_refused():
 async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
     async with running_bridge(DRAIN_SECONDS="60") as bridge_process:
         http = bridge_process.http
-        form = {"CallSid": "CAlate"}  # its stream comes after the SIGTERM
+        form = {"CallSid": sid("CA", 0x1A7E)}  # its stream comes after the SIGTERM
         async with http.post(bridge_process.url("/incoming"), data=form) as answered:
             assert answered.status == 200
         late_session = await bridge_process.openai.session()  # opened at the webhook
-        twilio, session = await bridge_process.answered_call("live")
+        twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
         await bridge_process.logged("draining: 2 calls, for up to 60 s")
         await call_goes_on(twilio, session)  # audio flows both ways
         await say(session, "item_A", "a1")
         await expect(twilio, "media a1")
-        form = {"CallSid": "CAnew"}
+        form = {"CallSid": sid("CA", 2)}
         async with http.post(bridge_process.url("/incoming"), data=form) as refused:
             assert refused.status == 503
         async with http.get(bridge_process.url("/health")) as health:
             assert health.status == 503
-            assert await health.json() == {"status": "draining", "calls": 2}
-        late = FakeTwilio(await http.ws_connect(bridge_process.url("/media")), "late")
+            assert await health.json() == {
+                "status": "draining",
+                "calls": 2,
+                "max_calls": 300,
+            }
+        late = FakeTwilio(await http.ws_connect(bridge_process.url("/media")), 0x1A7E)
         await late.start()  # the call answered before the SIGTERM connects
         await call_goes_on(late, late_session)
         for caller in (twilio, late):  # the calls end on their own
@@ -2375,7 +2691,7 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
 @async_test
 async def test_at_the_drains_deadline_the_calls_left_are_hung_up():
     async with running_bridge(DRAIN_SECONDS="1") as bridge_process:
-        twilio, session = await bridge_process.answered_call("long")
+        twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
         await bridge_process.logged("draining: 1 calls")
         await twilio.wait_closed()  # a close frame on both sides
@@ -2389,7 +2705,7 @@ async def test_at_the_drains_deadline_the_calls_left_are_hung_up():
 @async_test
 async def test_a_second_signal_during_a_drain_hangs_up_at_once(second):
     async with running_bridge(DRAIN_SECONDS="600") as bridge_process:
-        twilio, session = await bridge_process.answered_call("impatient")
+        twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
         await bridge_process.logged("draining: 1 calls")
         bridge_process.proc.send_signal(second)
@@ -2427,8 +2743,10 @@ async def test_gunicorn_runs_two_workers_and_each_carries_a_call():
     async with running_bridge(*gunicorn) as workers:
         calls = {}  # worker's pid -> a call it carries
         for i in range(40):  # new connections, until both workers have one
-            twilio, session = await workers.answered_call(f"w{i}")
-            line = await workers.logged(f"[CAw{i}] stream MZw{i} started")
+            twilio, session = await workers.answered_call(i)
+            line = await workers.logged(
+                f"[{sid('CA', i)}] stream {sid('MZ', i)} started"
+            )
             pid = line.split()[2]
             if pid in calls:  # this worker carries one already
                 await twilio.ws.close()
@@ -2458,7 +2776,7 @@ async def test_every_line_of_a_call_starts_with_its_call_sid(caplog):
         await wound_down(w.app)
         lines = [r.getMessage() for r in caplog.records if r.name == "bridge"]
     assert lines.pop(0).startswith("TWILIO_AUTH_TOKEN is not set")  # at start-up
-    assert len(lines) > 5 and all(line.startswith("[CA1] ") for line in lines)
+    assert len(lines) > 5 and all(line.startswith(f"[{CA1}] ") for line in lines)
 
 
 @async_test
