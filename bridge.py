@@ -55,8 +55,11 @@ log = logging.getLogger("bridge")
 # Configuration
 
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
+OPENAI_API = "https://api.openai.com"  # its REST API: the call report
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
+# These transcription models take `languages` and `keywords`; older ones a `language`.
+NEW_TRANSCRIBERS = ("gpt-transcribe", "gpt-live-transcribe")
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -87,8 +90,12 @@ class Config:
     # A handset is a close-talking microphone; a speakerphone is far_field.
     noise_reduction: str = setting("near_field", "near_field|far_field|off")
     idle_timeout_seconds: int = setting(0, range(3601))  # 0: never speaks up
-    transcribe_model: str = setting("gpt-4o-mini-transcribe")
+    # The older transcription models shut down on 2027-02-26 (see the README).
+    transcribe_model: str = setting("gpt-transcribe")
     language: str = setting("", "[a-z]{2}", "an ISO-639-1 code, e.g. en")
+    transcribe_keywords: str = setting("")  # comma-separated: names callers say
+    report_model: str = setting("")  # set: a report on every call (see after_call)
+    openai_api_url: str = setting(OPENAI_API, r"https?://[^/\s]+", "a scheme and host")
     # Twilio's REST API: to place calls, transfer them and record them.
     twilio_account_sid: str = setting("", "AC[0-9a-f]{32}", "AC and 32 hex digits")
     twilio_number: str = setting("", PHONE_NUMBER, "+ and up to 15 digits")
@@ -126,9 +133,20 @@ class Config:
         for name in ("TRANSFER_NUMBER", "RECORD_CALLS"):
             if getattr(config, name.lower()) and not rest:
                 problems.append(f"{name} needs {credentials}")
+        keywords, name = config.keywords, "TRANSCRIBE_KEYWORDS"
+        if len(keywords) > 100 or max(map(len, keywords), default=0) > 50:
+            problems.append(f"{name}: at most 100, each at most 50 characters")
+        if keywords and config.transcribe_model not in NEW_TRANSCRIBERS:
+            problems.append(f"{name} works only with {' or '.join(NEW_TRANSCRIBERS)}")
         if problems:
             raise ValueError("\n".join(problems))
         return config
+
+    @property
+    def keywords(self) -> list[str]:
+        """TRANSCRIBE_KEYWORDS as a list, each trimmed."""
+        words = self.transcribe_keywords.split(",")
+        return [word.strip() for word in words if word.strip()]
 
 
 MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
@@ -235,8 +253,12 @@ def session_update(config: Config, instructions: str) -> dict:
         vad = {"type": "semantic_vad"}
     vad |= {"interrupt_response": True, "create_response": True}
     transcription = {"model": config.transcribe_model}
-    if config.language:
-        transcription["language"] = config.language
+    if config.language and config.transcribe_model in NEW_TRANSCRIBERS:
+        transcription["languages"] = [config.language]
+    elif config.language:
+        transcription["language"] = config.language  # never both: an error
+    if config.keywords:  # only with NEW_TRANSCRIBERS: checked at start-up
+        transcription["keywords"] = config.keywords
     noise = {"type": config.noise_reduction}
     noise = None if config.noise_reduction == "off" else noise
     audio_in = {"format": {"type": "audio/pcmu"}, "turn_detection": vad}

@@ -305,7 +305,9 @@ def test_settings_have_their_defaults_when_unset_or_empty():
         "near_field",
     )
     assert config.idle_timeout_seconds == 0 and config.language == ""
-    assert config.transcribe_model == "gpt-4o-mini-transcribe"
+    assert config.transcribe_model == "gpt-transcribe"  # the older ones shut down
+    assert config.keywords == [] and config.report_model == ""  # no report, no cost
+    assert config.openai_api_url == "https://api.openai.com"
 
 
 # ------------------------------------------------- 2. one OpenAI socket a call
@@ -1840,8 +1842,33 @@ GA_KEYS = {
         "create_response",
     },
     "semantic_vad": {"type", "eagerness", "interrupt_response", "create_response"},
-    "transcription": {"model", "language", "prompt"},
+    # openai/types/realtime/audio_transcription.py
+    "transcription": {"model", "language", "prompt", "languages", "keywords", "delay"},
 }
+
+
+TRANSCRIBE = {"model": "gpt-transcribe"}  # what transcribes callers by default
+
+
+def check_transcription(transcription: dict) -> None:
+    """audio.input.transcription as the SDK's types and OpenAI's docs have it."""
+    assert set(transcription) <= GA_KEYS["transcription"]
+    model = transcription["model"]
+    assert isinstance(model, str) and model
+    assert not {"language", "languages"} <= set(transcription)  # never both
+    if model in ("gpt-transcribe", "gpt-live-transcribe"):
+        assert not {"language", "prompt", "delay"} & set(transcription)
+        for key in ("languages", "keywords"):
+            words = transcription.get(key, ["x"])
+            assert isinstance(words, list) and words
+            assert all(isinstance(w, str) and w == w.strip() and w for w in words)
+        assert all(len(code) == 2 for code in transcription.get("languages", []))
+        assert len(transcription.get("keywords", [])) <= 100
+    else:  # the older models: one language, and no keywords
+        assert not {"languages", "keywords"} & set(transcription)
+        assert isinstance(transcription.get("language", "en"), str)
+    if "delay" in transcription:
+        assert model == "gpt-realtime-whisper"
 
 
 def ga_audio_input(update: dict) -> dict:
@@ -1853,7 +1880,7 @@ def ga_audio_input(update: dict) -> dict:
     assert set(audio_in) <= GA_KEYS["input"] and set(audio_out) <= GA_KEYS["output"]
     vad = audio_in["turn_detection"]
     assert set(vad) <= GA_KEYS[vad["type"]]
-    assert set(audio_in["transcription"]) <= GA_KEYS["transcription"]
+    check_transcription(audio_in["transcription"])
     noise = audio_in["noise_reduction"]
     assert noise is None or noise["type"] in ("near_field", "far_field")
     return audio_in
@@ -1867,8 +1894,41 @@ def ga_audio_input(update: dict) -> dict:
         ({"NOISE_REDUCTION": "far_field"}, {"noise": {"type": "far_field"}}),
         ({"NOISE_REDUCTION": "off"}, {"noise": None}),
         ({"IDLE_TIMEOUT_SECONDS": "8"}, {"idle_timeout_ms": 8000}),
-        ({"TRANSCRIBE_MODEL": "gpt-transcribe"}, {"transcribe": "gpt-transcribe"}),
-        ({"LANGUAGE": "de"}, {"language": "de"}),
+        (
+            {"TRANSCRIBE_MODEL": "gpt-4o-mini-transcribe"},
+            {"transcription": {"model": "gpt-4o-mini-transcribe"}},
+        ),
+        ({"LANGUAGE": "de"}, {"transcription": {**TRANSCRIBE, "languages": ["de"]}}),
+        (
+            {"TRANSCRIBE_MODEL": "gpt-live-transcribe", "LANGUAGE": "de"},
+            {"transcription": {"model": "gpt-live-transcribe", "languages": ["de"]}},
+        ),
+        (
+            {"TRANSCRIBE_MODEL": "gpt-4o-transcribe", "LANGUAGE": "de"},
+            {"transcription": {"model": "gpt-4o-transcribe", "language": "de"}},
+        ),
+        (
+            {"TRANSCRIBE_KEYWORDS": " Acme , Elm Street,,", "LANGUAGE": "en"},
+            {
+                "transcription": {
+                    **TRANSCRIBE,
+                    "languages": ["en"],
+                    "keywords": ["Acme", "Elm Street"],
+                }
+            },
+        ),
+    ],
+    ids=[
+        "defaults",
+        "semantic-vad",
+        "far-field",
+        "no-noise-reduction",
+        "idle-timeout",
+        "older-transcriber",
+        "languages",
+        "live-transcribe",
+        "older-language",
+        "keywords",
     ],
 )
 @async_test
@@ -1885,10 +1945,31 @@ async def test_each_setting_reaches_the_session_as_the_ga_schema_wants(env, expe
     assert vad["interrupt_response"] is True and vad["create_response"] is True
     assert vad.get("idle_timeout_ms") == expected.get("idle_timeout_ms")
     assert audio_in["noise_reduction"] == expected.get("noise", {"type": "near_field"})
-    assert transcription["model"] == expected.get(
-        "transcribe", "gpt-4o-mini-transcribe"
-    )
-    assert transcription.get("language") == expected.get("language")
+    assert transcription == expected.get("transcription", TRANSCRIBE)
+
+
+@pytest.mark.parametrize(
+    "keywords, model, message",
+    [
+        (",".join(["word"] * 101), "", "TRANSCRIBE_KEYWORDS: at most 100, each at"),
+        ("Acme, " + "x" * 51, "", "TRANSCRIBE_KEYWORDS: at most 100, each at most 50"),
+        (
+            "Acme",
+            "gpt-4o-mini-transcribe",
+            "TRANSCRIBE_KEYWORDS works only with gpt-transcribe or gpt-live-transcribe",
+        ),
+    ],
+    ids=["too-many", "too-long", "older-model"],
+)
+def test_transcribe_keywords_are_checked_at_start_up(keywords, model, message):
+    env = {"OPENAI_API_KEY": "k", "TRANSCRIBE_KEYWORDS": keywords}
+    env |= {"TRANSCRIBE_MODEL": model} if model else {}
+    with pytest.raises(ValueError) as problems:
+        bridge.Config.from_env(env)
+    assert str(problems.value).startswith(message) and "\n" not in str(problems.value)
+    at_the_limits = ", ".join(["y" * 50] * 100)  # trimmed: spaces do not count
+    config = bridge.Config.from_env({"TRANSCRIBE_KEYWORDS": at_the_limits})
+    assert len(config.keywords) == 100
 
 
 def test_every_bad_setting_is_named_at_once_with_what_is_allowed():
