@@ -201,8 +201,7 @@ def tool(description: str, parameters: dict) -> Callable:
 
 
 async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT at
-    most."""
+    """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT."""
     if inspect.iscoroutinefunction(function):
         work = function(*args, **kwargs)
     else:  # a plain function runs in a thread, so it cannot block the calls
@@ -453,13 +452,11 @@ async def ask_for_report(
 
 def report_fields(status: int, answer: bytes) -> dict:
     """The report in a Responses API answer, each field checked: the model is never
-    trusted blind. A ValueError, KeyError or TypeError says what is wrong."""
+    trusted blind. A ValueError (or a KeyError, TypeError: its shape) says why not."""
     body = json.loads(answer)
     if status != 200:  # {"error": {"code": ..., "message": ...}}
-        error = body["error"]
-        raise ValueError(
-            f"OpenAI error {error['code']} (HTTP {status}): {error['message']}"
-        )
+        code, message = body["error"]["code"], body["error"]["message"]
+        raise ValueError(f"HTTP {status}, OpenAI error {code}: {message}")
     if body["status"] != "completed":  # e.g. incomplete: out of output tokens
         raise ValueError(f"response {body['status']}: {body.get('incomplete_details')}")
     messages = [item for item in body["output"] if item["type"] == "message"]

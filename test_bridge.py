@@ -2744,10 +2744,13 @@ OPENAI_ERROR = {
     "code": "invalid_api_key",
 }
 FAILURES = {
-    "4xx": ((401, json.dumps({"error": OPENAI_ERROR})), "OpenAI error invalid_api_key"),
+    "4xx": (
+        (401, json.dumps({"error": OPENAI_ERROR})),
+        "HTTP 401, OpenAI error invalid_api_key",
+    ),
     "rate-limit": (
         (429, json.dumps({"error": {"code": "rate_limit_exceeded", "message": "m"}})),
-        "OpenAI error rate_limit_exceeded (HTTP 429): m",
+        "HTTP 429, OpenAI error rate_limit_exceeded: m",
     ),
     "timeout": ("late", "TimeoutError"),
     "not-json": ((502, "<html>Bad gateway</html>"), "JSONDecodeError"),
