@@ -2738,6 +2738,7 @@ def good_but(**fields) -> str:
 
 REFUSED = {"type": "refusal", "refusal": "I can't help with that."}
 NOT_JSON = {"type": "output_text", "text": "Sure! Here is your report:"}
+ONE_FIELD = {"type": "output_text", "text": json.dumps({"summary": "Hi."})}
 OPENAI_ERROR = {
     "message": "Incorrect API key provided: sk-test.",
     "type": "invalid_request_error",
@@ -2760,7 +2761,8 @@ FAILURES = {
     "lead-score-101": ((200, good_but(lead_score=101)), "lead score 101 is not"),
     "lead-score-float": ((200, good_but(lead_score=80.5)), "lead score 80.5 is not"),
     "summary-not-text": ((200, good_but(summary=["a"])), "summary or follow-up"),
-    "field-missing": ((200, answer(NOT_JSON)), "JSONDecodeError"),
+    "text-not-json": ((200, answer(NOT_JSON)), "JSONDecodeError"),
+    "field-missing": ((200, answer(ONE_FIELD)), "KeyError('sentiment')"),
     "refusal": ((200, answer(REFUSED)), "the model refused: I can't help with that."),
     "incomplete": (
         (200, answer(NOT_JSON, status="incomplete")),
