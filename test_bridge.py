@@ -176,6 +176,44 @@ class FakeTwilioAPI:
         return self.requests[-1]
 
 
+class FakeResponses:
+    """OpenAI's Responses API: records each request, answers as told (or late)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict]] = []  # auth header, JSON body
+        self.received = asyncio.Event()
+        self.answers: list[tuple[int, str]] = []  # status, body; else GOOD_REPORT
+        self.answering = asyncio.Event()  # cleared: answers wait, as a slow model's
+        self.answering.set()
+
+    async def handler(self, request: web.Request) -> web.Response:
+        self.requests.append((request.headers["Authorization"], await request.json()))
+        self.received.set()
+        await self.answering.wait()
+        status, body = self.answers.pop(0) if self.answers else (200, answer())
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    async def request(self) -> dict:
+        await asyncio.wait_for(self.received.wait(), TIMEOUT)
+        return self.requests[-1][1]
+
+
+GOOD_REPORT = {
+    "summary": "Ada booked a table for two.",
+    "sentiment": 0.6,
+    "lead_score": 80,
+    "follow_up": "Send her the menu.",
+}
+
+
+def answer(*content: dict, status: str = "completed") -> str:
+    """A Responses API answer: a reasoning item, then the message (GOOD_REPORT)."""
+    content = content or ({"type": "output_text", "text": json.dumps(GOOD_REPORT)},)
+    message = {"type": "message", "role": "assistant", "content": list(content)}
+    output = [{"type": "reasoning", "id": "rs_1", "summary": []}, message]
+    return json.dumps({"id": "resp_1", "status": status, "output": output})
+
+
 class FakeTwilio:
     """The Twilio side of one call's Media Stream."""
 
@@ -244,11 +282,16 @@ class World:
     """The bridge, a fake OpenAI and a way to place calls."""
 
     def __init__(
-        self, client: TestClient, openai: FakeOpenAI, api: FakeTwilioAPI
+        self,
+        client: TestClient,
+        openai: FakeOpenAI,
+        api: FakeTwilioAPI,
+        responses: FakeResponses,
     ) -> None:
         self.client = client
         self.openai = openai
         self.api = api
+        self.responses = responses
         self.app = client.server.app
         self.calls = 0
 
@@ -273,17 +316,23 @@ class World:
 
 @asynccontextmanager
 async def world(**config):
-    openai, api = FakeOpenAI(), FakeTwilioAPI()
+    openai, api, responses = FakeOpenAI(), FakeTwilioAPI(), FakeResponses()
     fakes = web.Application()
     fakes.router.add_get("/v1/realtime", openai.handler)
     fakes.router.add_post("/2010-04-01/Accounts/{sid}/{path:.*}", api.handler)
+    fakes.router.add_post("/v1/responses", responses.handler)
     async with TestServer(fakes) as fakes_server:
         url = str(fakes_server.make_url("/v1/realtime")).replace("http", "ws", 1)
         config.setdefault("openai_realtime_url", url)
-        config.setdefault("twilio_api_url", str(fakes_server.make_url("")).rstrip("/"))
+        base = str(fakes_server.make_url("")).rstrip("/")
+        config.setdefault("twilio_api_url", base)
+        config.setdefault("openai_api_url", base)
         app = bridge.make_app(bridge.Config(openai_api_key="sk-test", **config))
-        async with TestClient(TestServer(app)) as client:
-            yield World(client, openai, api)
+        try:
+            async with TestClient(TestServer(app)) as client:
+                yield World(client, openai, api, responses)
+        finally:
+            responses.answering.set()  # a late answer must not hold the fakes up
 
 
 # ----------------------------------------------------------- 1. the webhook
@@ -320,7 +369,9 @@ def test_settings_have_their_defaults_when_unset_or_empty():
         "near_field",
     )
     assert config.idle_timeout_seconds == 0 and config.language == ""
-    assert config.transcribe_model == "gpt-4o-mini-transcribe"
+    assert config.transcribe_model == "gpt-transcribe"  # the older ones shut down
+    assert config.keywords == [] and config.report_model == ""  # no report, no cost
+    assert config.openai_api_url == "https://api.openai.com"
 
 
 # ------------------------------------------------- 2. one OpenAI socket a call
@@ -2053,8 +2104,33 @@ GA_KEYS = {
         "create_response",
     },
     "semantic_vad": {"type", "eagerness", "interrupt_response", "create_response"},
-    "transcription": {"model", "language", "prompt"},
+    # openai/types/realtime/audio_transcription.py
+    "transcription": {"model", "language", "prompt", "languages", "keywords", "delay"},
 }
+
+
+TRANSCRIBE = {"model": "gpt-transcribe"}  # what transcribes callers by default
+
+
+def check_transcription(transcription: dict) -> None:
+    """audio.input.transcription as the SDK's types and OpenAI's docs have it."""
+    assert set(transcription) <= GA_KEYS["transcription"]
+    model = transcription["model"]
+    assert isinstance(model, str) and model
+    assert not {"language", "languages"} <= set(transcription)  # never both
+    if model in ("gpt-transcribe", "gpt-live-transcribe"):
+        assert not {"language", "prompt", "delay"} & set(transcription)
+        for key in ("languages", "keywords"):
+            words = transcription.get(key, ["x"])
+            assert isinstance(words, list) and words
+            assert all(isinstance(w, str) and w == w.strip() and w for w in words)
+        assert all(len(code) == 2 for code in transcription.get("languages", []))
+        assert len(transcription.get("keywords", [])) <= 100
+    else:  # the older models: one language, and no keywords
+        assert not {"languages", "keywords"} & set(transcription)
+        assert isinstance(transcription.get("language", "en"), str)
+    if "delay" in transcription:
+        assert model == "gpt-realtime-whisper"
 
 
 def ga_audio_input(update: dict) -> dict:
@@ -2066,7 +2142,7 @@ def ga_audio_input(update: dict) -> dict:
     assert set(audio_in) <= GA_KEYS["input"] and set(audio_out) <= GA_KEYS["output"]
     vad = audio_in["turn_detection"]
     assert set(vad) <= GA_KEYS[vad["type"]]
-    assert set(audio_in["transcription"]) <= GA_KEYS["transcription"]
+    check_transcription(audio_in["transcription"])
     noise = audio_in["noise_reduction"]
     assert noise is None or noise["type"] in ("near_field", "far_field")
     return audio_in
@@ -2080,8 +2156,41 @@ def ga_audio_input(update: dict) -> dict:
         ({"NOISE_REDUCTION": "far_field"}, {"noise": {"type": "far_field"}}),
         ({"NOISE_REDUCTION": "off"}, {"noise": None}),
         ({"IDLE_TIMEOUT_SECONDS": "8"}, {"idle_timeout_ms": 8000}),
-        ({"TRANSCRIBE_MODEL": "gpt-transcribe"}, {"transcribe": "gpt-transcribe"}),
-        ({"LANGUAGE": "de"}, {"language": "de"}),
+        (
+            {"TRANSCRIBE_MODEL": "gpt-4o-mini-transcribe"},
+            {"transcription": {"model": "gpt-4o-mini-transcribe"}},
+        ),
+        ({"LANGUAGE": "de"}, {"transcription": {**TRANSCRIBE, "languages": ["de"]}}),
+        (
+            {"TRANSCRIBE_MODEL": "gpt-live-transcribe", "LANGUAGE": "de"},
+            {"transcription": {"model": "gpt-live-transcribe", "languages": ["de"]}},
+        ),
+        (
+            {"TRANSCRIBE_MODEL": "gpt-4o-transcribe", "LANGUAGE": "de"},
+            {"transcription": {"model": "gpt-4o-transcribe", "language": "de"}},
+        ),
+        (
+            {"TRANSCRIBE_KEYWORDS": " Acme , Elm Street,,", "LANGUAGE": "en"},
+            {
+                "transcription": {
+                    **TRANSCRIBE,
+                    "languages": ["en"],
+                    "keywords": ["Acme", "Elm Street"],
+                }
+            },
+        ),
+    ],
+    ids=[
+        "defaults",
+        "semantic-vad",
+        "far-field",
+        "no-noise-reduction",
+        "idle-timeout",
+        "older-transcriber",
+        "languages",
+        "live-transcribe",
+        "older-language",
+        "keywords",
     ],
 )
 @async_test
@@ -2098,10 +2207,31 @@ async def test_each_setting_reaches_the_session_as_the_ga_schema_wants(env, expe
     assert vad["interrupt_response"] is True and vad["create_response"] is True
     assert vad.get("idle_timeout_ms") == expected.get("idle_timeout_ms")
     assert audio_in["noise_reduction"] == expected.get("noise", {"type": "near_field"})
-    assert transcription["model"] == expected.get(
-        "transcribe", "gpt-4o-mini-transcribe"
-    )
-    assert transcription.get("language") == expected.get("language")
+    assert transcription == expected.get("transcription", TRANSCRIBE)
+
+
+@pytest.mark.parametrize(
+    "keywords, model, message",
+    [
+        (",".join(["word"] * 101), "", "TRANSCRIBE_KEYWORDS: at most 100, each at"),
+        ("Acme, " + "x" * 51, "", "TRANSCRIBE_KEYWORDS: at most 100, each at most 50"),
+        (
+            "Acme",
+            "gpt-4o-mini-transcribe",
+            "TRANSCRIBE_KEYWORDS works only with gpt-transcribe or gpt-live-transcribe",
+        ),
+    ],
+    ids=["too-many", "too-long", "older-model"],
+)
+def test_transcribe_keywords_are_checked_at_start_up(keywords, model, message):
+    env = {"OPENAI_API_KEY": "k", "TRANSCRIBE_KEYWORDS": keywords}
+    env |= {"TRANSCRIBE_MODEL": model} if model else {}
+    with pytest.raises(ValueError) as problems:
+        bridge.Config.from_env(env)
+    assert str(problems.value).startswith(message) and "\n" not in str(problems.value)
+    at_the_limits = ", ".join(["y" * 50] * 100)  # trimmed: spaces do not count
+    config = bridge.Config.from_env({"TRANSCRIBE_KEYWORDS": at_the_limits})
+    assert len(config.keywords) == 100
 
 
 def test_every_bad_setting_is_named_at_once_with_what_is_allowed():
@@ -2804,3 +2934,339 @@ async def test_an_openai_error_code_cannot_forge_a_log_line(caplog):
         await call_goes_on(twilio, session)
     assert "OpenAI error bad\\nERROR forged line: m" in caplog.text
     assert not any(line.startswith("ERROR forged") for line in caplog.text.splitlines())
+
+
+# ============================================== After the call: the report
+
+REPORTING = {"report_model": "gpt-5.4-mini"}
+
+
+async def reported(w: World) -> None:
+    """Wait until the calls that ended have made their reports."""
+    await wound_down(w.app)  # a report starts as its call's life ends
+    await asyncio.wait_for(asyncio.gather(*w.app[bridge.REPORTS]), TIMEOUT)
+
+
+async def caller_said(w: World, *turns: str) -> FakeTwilio:
+    """A call from CALLER in which the caller says these turns, then hangs up."""
+    twilio = await w.call(start=False)
+    await twilio.start(CALLER)
+    session = await w.openai.session()
+    for turn in turns:
+        await transcribed(session, "user", turn)
+    await twilio.send(event="stop", stop={})
+    await twilio.wait_closed()
+    return twilio
+
+
+def report_file(folder: pathlib.Path, twilio: FakeTwilio) -> dict:
+    return json.loads((folder / f"{twilio.call_sid}.report.json").read_text())
+
+
+@async_test
+async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on(
+    tmp_path, caplog, monkeypatch
+):
+    handed_on = []
+
+    async def after_call(report):  # what you would send to a CRM
+        handed_on.append(report)
+
+    monkeypatch.setattr(bridge, "after_call", after_call)
+    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
+        twilio = await w.call(start=False)
+        await twilio.start(CALLER)
+        session = await w.openai.session()
+        await transcribed(session, "assistant", "Hello, Acme here.")
+        await transcribed(session, "user", "A table for two, please. I'm Ada.")
+        await session.send(type="input_audio_buffer.speech_stopped", audio_end_ms=900)
+        await say(session, "item_A", "a1")
+        await expect(twilio, "media a1")
+        await transcribed(session, "assistant", "Booked, Ada!")
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await reported(w)
+        auth, request = w.responses.requests[0]
+    assert auth == "Bearer sk-test" and len(w.responses.requests) == 1
+    assert request["model"] == "gpt-5.4-mini"
+    system, user = request["input"]
+    assert system["role"] == "system" and system["content"]
+    assert user == {
+        "role": "user",
+        "content": "agent: Hello, Acme here.\n"
+        "caller: A table for two, please. I'm Ada.\n"
+        "agent: Booked, Ada!",
+    }
+    output = request["text"]["format"]
+    assert (output["type"], output["name"], output["strict"]) == (
+        "json_schema",
+        "call_report",
+        True,
+    )
+    schema = output["schema"]
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert schema["required"] == ["summary", "sentiment", "lead_score", "follow_up"]
+    types = {name: field["type"] for name, field in schema["properties"].items()}
+    assert types == {
+        "summary": "string",
+        "sentiment": "number",
+        "lead_score": "integer",
+        "follow_up": "string",
+    }
+    assert set(request) == {"model", "input", "text"}
+    report = report_file(tmp_path, twilio)
+    assert list(report) == [
+        "call_sid",
+        "from",
+        "to",
+        "direction",
+        "started",
+        "duration_s",
+        "turns",
+        "barge_ins",
+        "median_reply_latency_ms",
+        "report_model",
+        *GOOD_REPORT,
+    ]
+    assert report["call_sid"] == twilio.call_sid
+    assert (report["from"], report["to"], report["direction"]) == (
+        "+15551230000",
+        "+15557650000",
+        "inbound",
+    )
+    started = datetime.datetime.fromisoformat(report["started"])
+    assert started.utcoffset() == datetime.timedelta(0)
+    age = datetime.datetime.now(datetime.UTC) - started
+    assert 0 <= report["duration_s"] <= age.total_seconds()
+    assert (report["turns"], report["barge_ins"]) == (3, 0)
+    assert isinstance(report["median_reply_latency_ms"], int)
+    assert report["report_model"] == "gpt-5.4-mini"
+    assert {name: report[name] for name in GOOD_REPORT} == GOOD_REPORT
+    assert handed_on == [report]
+    assert (
+        f"[{twilio.call_sid}] report: sentiment 0.6, lead score 80: "
+        "Ada booked a table for two." in caplog.text
+    )
+
+
+def good_but(**fields) -> str:
+    text = json.dumps(GOOD_REPORT | fields)
+    return answer({"type": "output_text", "text": text})
+
+
+REFUSED = {"type": "refusal", "refusal": "I can't help with that."}
+NOT_JSON = {"type": "output_text", "text": "Sure! Here is your report:"}
+ONE_FIELD = {"type": "output_text", "text": json.dumps({"summary": "Hi."})}
+OPENAI_ERROR = {
+    "message": "Incorrect API key provided: sk-test.",
+    "type": "invalid_request_error",
+    "code": "invalid_api_key",
+}
+FAILURES = {
+    "4xx": (
+        (401, json.dumps({"error": OPENAI_ERROR})),
+        "HTTP 401, OpenAI error invalid_api_key",
+    ),
+    "rate-limit": (
+        (429, json.dumps({"error": {"code": "rate_limit_exceeded", "message": "m"}})),
+        "HTTP 429, OpenAI error rate_limit_exceeded: m",
+    ),
+    "timeout": ("late", "TimeoutError"),
+    "not-json": ((502, "<html>Bad gateway</html>"), "JSONDecodeError"),
+    "sentiment-3": ((200, good_but(sentiment=3.0)), "sentiment 3.0 is not from -1"),
+    "sentiment-text": ((200, good_but(sentiment="good")), "sentiment 'good' is not"),
+    "sentiment-bool": ((200, good_but(sentiment=True)), "sentiment True is not"),
+    "lead-score-101": ((200, good_but(lead_score=101)), "lead score 101 is not"),
+    "lead-score-float": ((200, good_but(lead_score=80.5)), "lead score 80.5 is not"),
+    "summary-not-text": ((200, good_but(summary=["a"])), "summary or follow-up"),
+    "text-not-json": ((200, answer(NOT_JSON)), "JSONDecodeError"),
+    "field-missing": ((200, answer(ONE_FIELD)), "KeyError('sentiment')"),
+    "refusal": ((200, answer(REFUSED)), "the model refused: I can't help with that."),
+    "incomplete": (
+        (200, answer(NOT_JSON, status="incomplete")),
+        "response incomplete",
+    ),
+    "wrong-shape": ((200, json.dumps({"status": "completed", "output": 5})), "Type"),
+    "huge": ((200, good_but(summary="x" * 2**21)), "an answer over 1048576 bytes"),
+}
+
+
+@pytest.mark.parametrize("answered, why", FAILURES.values(), ids=FAILURES.keys())
+@async_test
+async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
+    answered, why, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(bridge, "REPORT_TIMEOUT", 0.5)
+    handed_on = []
+    monkeypatch.setattr(bridge, "after_call", handed_on.append)  # a plain function
+    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
+        if answered == "late":
+            w.responses.answering.clear()
+        else:
+            w.responses.answers = [answered]
+        twilio = await caller_said(w, "Hello?")
+        await reported(w)
+    report = report_file(tmp_path, twilio)
+    assert (
+        report["turns"] == 1 and "summary" not in report and "sentiment" not in report
+    )
+    assert why in report["error"] and len(report["error"]) <= 303
+    failed = [r for r in caplog.records if "report failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelname == "WARNING"
+    assert (
+        failed[0].getMessage()
+        == f"[{twilio.call_sid}] report failed: {report['error']}"
+    )
+    assert handed_on == [report]
+
+
+@async_test
+async def test_a_models_summary_cannot_forge_a_log_line(caplog):
+    async with world(**REPORTING) as w:
+        w.responses.answers = [
+            (200, good_but(summary="Fine.\nERROR forged" + "x" * 300))
+        ]
+        twilio = await caller_said(w, "Hello?")
+        await reported(w)
+    said = f"[{twilio.call_sid}] report: sentiment 0.6, lead score 80: "
+    assert said + "Fine.\\nERROR forged" in caplog.text
+    assert not any(line.startswith("ERROR forged") for line in caplog.text.splitlines())
+    assert "x" * 300 not in caplog.text  # cut short
+
+
+@async_test
+async def test_a_call_without_a_caller_turn_asks_no_model_but_is_reported(tmp_path):
+    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
+        twilio, session = await w.answered_call()
+        await transcribed(session, "assistant", "Hello? Anybody there?")
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await reported(w)
+    assert w.responses.requests == []
+    report = report_file(tmp_path, twilio)
+    assert report["call_sid"] == twilio.call_sid and report["turns"] == 1
+    assert not {"summary", "error"} & set(report)
+
+
+@async_test
+async def test_without_report_model_there_is_no_report(tmp_path):
+    async with world(transcript_dir=str(tmp_path)) as w:
+        twilio = await caller_said(w, "Hello?")
+        await reported(w)
+    assert w.responses.requests == []
+    assert [p.name for p in tmp_path.iterdir()] == [f"{twilio.call_sid}.jsonl"]
+
+
+@pytest.mark.parametrize("who", ["caller", "agent"])
+@async_test
+async def test_a_slow_report_never_delays_the_hang_up(who, caplog):
+    async with world(**REPORTING) as w:
+        w.responses.answering.clear()  # the model takes its time
+        twilio, session = await w.answered_call()
+        await transcribed(session, "user", "Bye now.")
+        if who == "caller":
+            await twilio.send(event="stop", stop={})
+        else:
+            await call_tool(session, "end_call", "{}")
+        await twilio.wait_closed()
+        await session.wait_closed()
+        await w.responses.request()
+        assert len(w.app[bridge.REPORTS]) == 1  # still waiting for its answer
+        w.responses.answering.set()
+        await reported(w)
+    assert "report: sentiment 0.6, lead score 80" in caplog.text
+
+
+@async_test
+async def test_a_drain_waits_for_a_report_in_flight(tmp_path):
+    async with world(transcript_dir=str(tmp_path), drain_seconds=60, **REPORTING) as w:
+        w.responses.answering.clear()
+        twilio = await caller_said(w, "Call me back tomorrow.")
+        await w.responses.request()  # the call has ended; its report is in flight
+        assert w.app[bridge.CALLS] == {}
+        draining = asyncio.create_task(bridge.drain(w.app))
+        w.responses.answering.set()
+        await asyncio.wait_for(draining, TIMEOUT)
+        assert report_file(tmp_path, twilio)["lead_score"] == 80  # written before
+
+
+@async_test
+async def test_the_report_says_the_call_was_recorded_and_transferred(tmp_path, caplog):
+    recording = "RE" + "1" * 32
+    config = {**REST, "record_calls": True, "transfer_number": "+15559990000"}
+    async with world(transcript_dir=str(tmp_path), **config, **REPORTING) as w:
+        w.api.answers = [(201, {"sid": recording}), (200, {"sid": "CA"})]
+        twilio, session = await transfer_call(w)
+        await twilio.mark("1")
+        await logged(caplog, "transferred to +15559990000")
+        await transcribed(session, "user", "Thanks.")
+        await twilio.send(event="stop", stop={})  # Twilio leaves our TwiML
+        await twilio.wait_closed()
+        await reported(w)
+    report = report_file(tmp_path, twilio)
+    assert (report["recorded"], report["transferred"]) == (recording, "+15559990000")
+    assert list(report).index("transferred") < list(report).index("report_model")
+
+
+async def broken_after(report):
+    raise RuntimeError("the database is down")
+
+
+def blocking_broken_after(report):
+    raise OSError("the CRM is down")
+
+
+async def hanging_after(report):
+    await asyncio.sleep(60)
+
+
+@pytest.mark.parametrize(
+    "function, logged_text",
+    [
+        (broken_after, "after_call failed: RuntimeError('the database is down')"),
+        (blocking_broken_after, "after_call failed: OSError('the CRM is down')"),
+        (hanging_after, "after_call failed: TimeoutError()"),
+    ],
+    ids=["async-raises", "plain-raises", "hangs"],
+)
+@async_test
+async def test_a_failing_after_call_is_logged_and_harms_nothing(
+    function, logged_text, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(bridge, "TOOL_TIMEOUT", 0.2)
+    monkeypatch.setattr(bridge, "after_call", function)
+    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
+        first = await caller_said(w, "Hello?")
+        await reported(w)
+        second = await caller_said(w, "Hello again?")  # the next call is as good
+        await reported(w)
+    assert caplog.text.count(logged_text) == 2
+    assert report_file(tmp_path, first)["lead_score"] == 80
+    assert report_file(tmp_path, second)["lead_score"] == 80
+    assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
+
+
+@async_test
+async def test_shutdown_waits_for_the_reports_of_the_calls_it_hangs_up(
+    tmp_path, caplog
+):
+    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
+        twilio, session = await w.answered_call()
+        await transcribed(session, "user", "Are you open on Sunday?")
+        await logged(caplog, "caller: Are you open on Sunday?")
+        # Twilio answers the close frames while the server shuts down.
+        closing = asyncio.gather(w.client.server.close(), twilio.wait_closed())
+        await asyncio.wait_for(closing, TIMEOUT)
+        assert w.app[bridge.REPORTS] == set()
+        assert report_file(tmp_path, twilio)["lead_score"] == 80
+
+
+@async_test
+async def test_an_unwritable_report_is_logged_and_still_handed_on(caplog, monkeypatch):
+    handed_on = []
+    monkeypatch.setattr(bridge, "after_call", handed_on.append)
+    async with world(transcript_dir="/nonexistent/transcripts", **REPORTING) as w:
+        await caller_said(w, "Hello?")
+        await reported(w)
+    assert "report not written" in caplog.text
+    assert handed_on[0]["lead_score"] == 80
