@@ -24,24 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import inspect
 import json
 import logging
 import os
+import random
 import re
 import resource
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from socket import SHUT_RDWR
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 from zoneinfo import ZoneInfo
@@ -115,6 +120,8 @@ class Config:
     drain_seconds: int = setting(0, range(86401))
     # Calls at once, those still ringing included: about one core's worth.
     max_calls: int = setting(300, range(1, 100001))
+    # Greet while the stream connects; false: once it has (several instances).
+    greet_early: bool = setting(True, "1|true|0|false")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -185,12 +192,11 @@ REFUSALS_EVERY = 60.0  # seconds: refusals of a kind log WARNINGS_SHOWN lines in
 # The last REMEMBERED answered calls and used proofs are remembered, so that a replay
 # buys nothing: at 300 calls at once of 3 minutes each, the last 100 minutes.
 REMEMBERED = 10_000
-MAX_REST_ANSWER = 1024 * 1024  # bytes of a REST answer read, at most
+MAX_ANSWER = 1024 * 1024  # bytes read of an answer from Twilio's or OpenAI's APIs
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
 REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
-MAX_REPORT_ANSWER = 1024 * 1024  # bytes of that answer read, at most
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
 # A renewed session is told the last REPLAY_TURNS turns: recent turns hold what
 # matters (names, what was agreed), and every replayed word is paid for again as
@@ -224,8 +230,25 @@ async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     if inspect.iscoroutinefunction(function):
         work = function(*args, **kwargs)
     else:  # a plain function runs in a thread, so it cannot block the calls
-        work = asyncio.to_thread(function, *args, **kwargs)
+        work = in_thread(function, *args, **kwargs)
     return await asyncio.wait_for(work, TOOL_TIMEOUT)
+
+
+def in_thread(function: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
+    # A daemon thread of its own, not asyncio.to_thread's: those are the threads DNS
+    # lookups need, and one that never returns would hold one for good, and the
+    # process at exit. Here it is abandoned at TOOL_TIMEOUT.
+    result: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work() -> None:
+        if result.set_running_or_notify_cancel():  # not given up on yet
+            try:
+                result.set_result(function(*args, **kwargs))
+            except Exception as exc:
+                result.set_exception(exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    return asyncio.wrap_future(result)
 
 
 @tool(
@@ -411,7 +434,7 @@ async def incoming(request: web.Request) -> web.Response:
     if call_sid in calls or not app[ONCE].add(call_sid):
         raise refusal(request, web.HTTPForbidden, "%s was answered already", call_sid)
     if len(calls) >= config.max_calls:  # the caller hears busy; Twilio bills nothing
-        app[REFUSALS].warning("a call refused: MAX_CALLS=%d calls are live", len(calls))
+        app[REFUSALS].warning("a call refused: MAX_CALLS=%d reached", len(calls))
         return twiml('<Response><Reject reason="busy"/></Response>')
     stream_url = public_base(request, websocket=True) + "/media"
     log.info("[%s] incoming call, streamed to %s", call_sid, printable(stream_url))
@@ -453,7 +476,7 @@ async def twilio_rest(
     timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
     try:
         async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
-            answer = json.loads(await read_at_most(response, MAX_REST_ANSWER))
+            answer = json.loads(await read_at_most(response, MAX_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise TwilioError(f"Twilio's API did not answer: {printable(exc)}") from None
     if not isinstance(answer, dict) or response.status >= 400:
@@ -502,11 +525,7 @@ async def ask_for_report(
     auth = {"Authorization": f"Bearer {config.openai_api_key}"}
     timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT)
     async with http.post(url, json=request, headers=auth, timeout=timeout) as response:
-        answer = b""
-        async for chunk in response.content.iter_any():
-            answer += chunk
-            if len(answer) > MAX_REPORT_ANSWER:  # no model's report is that long
-                raise ValueError(f"an answer over {MAX_REPORT_ANSWER} bytes")
+        answer = await read_at_most(response, MAX_ANSWER)
     return report_fields(response.status, answer)
 
 
@@ -592,18 +611,28 @@ def parse(msg: aiohttp.WSMessage, side: str, key: str, log: CallLog) -> dict | N
 
 
 async def close_socket(socket: Any, log: CallLog) -> None:
-    # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT. When the
-    # close is cancelled, aiohttp drops the connection, so the socket is gone.
+    # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT; then shut
+    # the connection down. Closing alone waits for the peer to read what is still
+    # queued for it, and a peer that stopped reading never does.
+    raw = socket.get_extra_info("socket")  # gone from the client's once it closes
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await socket.close()
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError):
+        # aiohttp raises CancelledError when a send to this peer was cancelled before
+        # (a pump's): that is no reason to stop, only a cancel of our own is.
+        if asyncio.current_task().cancelling():
+            raise
         log.info("a peer did not answer our close: connection dropped")
+    with contextlib.suppress(OSError, AttributeError):  # no socket, or closed already
+        raw.shutdown(SHUT_RDWR)
 
 
 class Refusals:
     """Refused requests and streams: the first few of a kind each minute are logged,
     then counted, so that a flood of them cannot flood the log."""
+
+    out_of_files = False  # since accept() last failed for want of a file descriptor
 
     def __init__(self) -> None:
         self.minute, self.shown, self.hidden = 0, Counter(), 0
@@ -669,6 +698,7 @@ class Call:
         self.task: asyncio.Task | None = None  # run(), the call's whole life
         self.openai: aiohttp.ClientWebSocketResponse | None = None
         self.openai_ready = False  # False while the session opens or renews
+        self.refused = False  # OpenAI refused the session: no second try
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
         self.heard_at = 0.0  # when Twilio's last message came
@@ -714,14 +744,23 @@ class Call:
         # comes before the stream waits in the OpenAI socket (aiohttp stops reading
         # at its buffer's limit), so it plays, and counts as played, from `start`.
         try:
-            if not await self.open_session():
-                return
-            await self.send_openai({"type": "response.create"})  # the agent greets
+            opened = await self.open_session()
+            greeted = opened and self.config.greet_early
+            if greeted:
+                await self.send_openai({"type": "response.create"})  # the agent greets
             try:
                 await asyncio.wait_for(self.streaming.wait(), STREAM_WAIT)
             except TimeoutError:
                 self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
                 return
+            # A refusal (a bad key, a model you may not use) will not change in a
+            # second, but a passing failure may: the stream tries once more.
+            if not opened and not self.refused:
+                opened = await self.open_session()
+            if not opened:
+                return  # the caller is hung up at once
+            if not greeted:  # now that this process has the stream
+                await self.send_openai({"type": "response.create"})
             pumps = [self.pump_twilio(), self.pump_openai(), self.watch()]
             tasks = [self.start(pump) for pump in pumps]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -768,7 +807,8 @@ class Call:
         # A stuck send would hold up its pump for good (the caller's `stop` unread).
         # One check a second costs far less than a timer on every message: those
         # made the bridge cost 1.4 times a bare forwarder.
-        while True:
+        await asyncio.sleep(WATCH_EVERY * random.random())  # calls that start together
+        while True:  # are watched apart, not all in one tick
             await asyncio.sleep(WATCH_EVERY)
             now = time.monotonic()
             stuck = [s for s, t in self.sending.items() if now - t > SEND_TIMEOUT]
@@ -837,8 +877,9 @@ class Call:
         try:
             self.openai = await self.app[HTTP].ws_connect(url, **options)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            refused = isinstance(exc, aiohttp.WSServerHandshakeError)
-            why = f"HTTP {exc.status}" if refused else repr(exc)
+            answered = isinstance(exc, aiohttp.WSServerHandshakeError)
+            self.refused = answered and exc.status in (401, 403, 404)
+            why = f"HTTP {exc.status}" if answered else repr(exc)
             self.log.error("could not open the OpenAI session: %s", why)
             return False
         await self.send(self.openai, session_update(self.config, self.instructions))
@@ -1147,6 +1188,7 @@ CALLS = web.AppKey("calls", dict)  # CallSid -> Call
 REFUSALS = web.AppKey("refusals", Refusals)
 ONCE = web.AppKey("once", Recent)  # CallSids answered and proofs used: once each
 DRAIN = web.AppKey("drain", Drain)
+STARTING = web.AppKey("starting", set)  # streams waiting for `start`: media() tasks
 REPORTS = web.AppKey("reports", set)  # reports being made, of calls that ended
 
 
@@ -1187,20 +1229,19 @@ async def media(request: web.Request) -> web.StreamResponse:
     # Twilio's Media Stream for one call. No OpenAI session is opened before its `start`
     # proves (with signatures on) that our webhook answered this call: an open socket
     # alone, or a replayed handshake, must cost nothing.
-    app = request.app
-    check_signature(
-        request, public_base(request, websocket=True) + request.raw_path, {}
-    )
+    app, url = request.app, public_base(request, websocket=True) + request.raw_path
+    check_signature(request, url, {})
     twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
     await twilio.prepare(request)
     config, calls, refused = app[CONFIG], app[CALLS], app[REFUSALS].warning
-    start = await stream_start(twilio, app[REFUSALS])
+    app[STARTING].add(waiting := asyncio.current_task())  # shutdown ends the wait
+    try:
+        start = await stream_start(twilio, app[REFUSALS])
+    finally:
+        app[STARTING].discard(waiting)
     call_sid, parameters = start.get("callSid", ""), start.get("customParameters", {})
-    call, token, proof = (
-        calls.get(call_sid),
-        config.twilio_auth_token,
-        parameters.get("proof"),
-    )
+    call, token = calls.get(call_sid), config.twilio_auth_token
+    proof = parameters.get("proof")
     if not start:
         pass
     elif token and not proof_ok(token, call_sid, proof):
@@ -1210,9 +1251,7 @@ async def media(request: web.Request) -> web.StreamResponse:
     elif call is not None and call.twilio is not None:
         refused("[%s] a second stream for the call refused", call_sid)
     elif call is None and len(calls) >= config.max_calls:
-        refused(
-            "[%s] stream refused: MAX_CALLS=%d calls are live", call_sid, len(calls)
-        )
+        refused("[%s] stream refused: MAX_CALLS=%d reached", call_sid, len(calls))
     else:  # no session yet if another instance, or a restart, answered the webhook
         call = call or begin_call(app, call_sid, call_context(parameters))
         call.attach(twilio, start)
@@ -1232,6 +1271,9 @@ def begin_call(app: web.Application, call_sid: str, context: dict) -> Call:
 @web.middleware
 async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
     """Log what aiohttp would refuse silently: a webhook at the wrong path or method."""
+    if request.app[REFUSALS].out_of_files:  # this request could be accepted
+        request.app[REFUSALS].out_of_files = False
+        log.info("file descriptors are free again: taking calls")
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
@@ -1285,7 +1327,7 @@ async def close_calls(app: web.Application) -> None:
     if app[CALLS]:
         log.info("shutting down: closing %d calls", len(app[CALLS]))
     tasks = [call.task for call in app[CALLS].values()]
-    for task in tasks:
+    for task in [*tasks, *app[STARTING]]:  # and streams still waiting for `start`
         task.cancel()  # run() closes both sides on its way out
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.gather(*app[REPORTS])  # bounded: the model's answer, after_call
@@ -1299,6 +1341,7 @@ async def quiet_accept_errors(app: web.Application) -> None:
     def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         if context.get("message") == "socket.accept() out of system resource":
             app[REFUSALS].warning("no file descriptor left: %s", context["exception"])
+            app[REFUSALS].out_of_files = True
         else:
             loop.default_exception_handler(context)
 
@@ -1329,7 +1372,7 @@ def make_app(config: Config) -> web.Application:
     app[CALLS] = {}
     app[REFUSALS], app[ONCE] = refusals, Recent()
     app[DRAIN] = Drain()
-    app[REPORTS] = set()
+    app[REPORTS], app[STARTING] = set(), set()
     app.cleanup_ctx.append(http_session)
     app.on_startup.append(quiet_accept_errors)
     app.on_shutdown.append(close_calls)
@@ -1341,15 +1384,15 @@ def make_app(config: Config) -> web.Application:
 
 def create_app() -> web.Application:
     """The app, set up from the environment. It serves `python bridge.py`, and
-    gunicorn: gunicorn 'bridge:create_app()' --worker-class aiohttp.GunicornWebWorker"""
+    gunicorn: gunicorn 'bridge:create_app()' --worker-class bridge.Worker"""
     config = settings()
     if not config.openai_api_key:
-        sys.exit("OPENAI_API_KEY is not set: export your OpenAI API key first.")
+        fail("OPENAI_API_KEY is not set: export your OpenAI API key first.")
     try:  # now, so that no turn's transcript fails for want of it
         if config.transcript_dir:
             Path(config.transcript_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        sys.exit(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
+        fail(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
     raise_file_limit()
     return make_app(config)
 
@@ -1364,8 +1407,12 @@ async def serve(app: web.Application) -> None:
     # Without TWILIO_AUTH_TOKEN anyone who reaches the port opens sessions on your
     # bill: so only this machine, unless HOST says otherwise (a tunnel here reaches it).
     host = config.host or (None if config.twilio_auth_token else "127.0.0.1")
-    await web.TCPSite(runner, host, config.port).start()
     where, model = host or "all interfaces", config.openai_model
+    try:
+        await web.TCPSite(runner, host, config.port).start()
+    except OSError as exc:  # most often another program has the port
+        await runner.cleanup()
+        fail(f"cannot listen on {where} port {config.port}: {exc.strerror}")
     log.info("listening on %s port %d, model %s", where, config.port, model)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
@@ -1381,6 +1428,40 @@ async def serve(app: web.Application) -> None:
     await signalled.wait()
     await drain(app)  # still listening: webhooks get 503, late streams connect
     await runner.cleanup()  # stops listening, then close_calls() hangs up the rest
+
+
+try:  # only to run under gunicorn; `python bridge.py` needs none of it
+    from aiohttp.worker import GunicornWebWorker
+except ImportError:
+    GunicornWebWorker = object
+
+
+class Worker(GunicornWebWorker):
+    """gunicorn's aiohttp worker, draining as `python bridge.py` does: aiohttp's own
+    shutdown deafens live calls, so a SIGTERM drains first; Ctrl-C hangs up at once.
+    gunicorn 'bridge:create_app()' --worker-class bridge.Worker --workers 2"""
+
+    draining: asyncio.Task | None = None
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        if self.cfg.workers > 1:  # a webhook and its stream may reach two workers
+            config = replace(self.wsgi[CONFIG], greet_early=False)
+            self.wsgi[CONFIG] = config
+
+    def handle_exit(self, sig: int, frame: Any) -> None:  # SIGTERM
+        if self.draining is None:
+            self.draining = self.loop.create_task(self.drain_then_stop())
+        else:  # a second one hangs up at once
+            self.wsgi[DRAIN].until = 0
+
+    async def drain_then_stop(self) -> None:
+        await drain(self.wsgi)
+        self.alive = False  # then aiohttp's shutdown: close_calls() hangs up the rest
+
+    def handle_quit(self, sig: int, frame: Any) -> None:  # SIGINT, SIGQUIT
+        self.wsgi[DRAIN].until = 0
+        super().handle_quit(sig, frame)
 
 
 async def place_call(config: Config, number: str) -> str:
@@ -1415,7 +1496,13 @@ def settings() -> Config:
     try:
         return Config.from_env(os.environ)
     except ValueError as problems:
-        sys.exit(str(problems))  # and no traceback
+        fail(str(problems))
+
+
+def fail(message: str) -> NoReturn:
+    """Stop at start-up, saying why in a line or a few, and no traceback."""
+    print(message, file=sys.stderr)
+    sys.exit(3)  # to gunicorn a worker's boot error: it halts, not restarts it
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -685,17 +686,34 @@ async def test_openai_closing_hangs_up_the_caller(caplog):
         assert "OpenAI closed the session (code 1011)" in caplog.text
 
 
-@pytest.mark.parametrize("status", [401, 403, 500])
+@pytest.mark.parametrize("status, tries", [(401, 1), (403, 1), (404, 1), (500, 2)])
 @async_test
 async def test_a_refused_handshake_ends_that_call_and_the_server_serves_the_next(
-    status, caplog
+    status, tries, caplog
 ):
     async with world() as w:
-        w.openai.refuse = [status]
-        twilio = await w.call()
+        w.openai.refuse = [status, status]
+        await webhook(w)  # the session opens here, and is refused
+        twilio = await w.call()  # then the stream comes: a refusal is final
         await twilio.wait_closed()
-        assert f"could not open the OpenAI session: HTTP {status}" in caplog.text
+        await wound_down(w.app)
+        failed = f"could not open the OpenAI session: HTTP {status}"
+        assert caplog.text.count(failed) == tries
+        assert caplog.text.count("call ended after") == 1
+        w.openai.refuse = []
         await w.answered_call()  # the next caller gets through
+
+
+@async_test
+async def test_a_passing_failure_at_the_webhook_is_tried_again_by_the_stream():
+    async with world() as w:
+        w.openai.refuse = [503]
+        await webhook(w)
+        twilio = await w.call()
+        session = await w.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        assert (await session.next())["type"] == "response.create"
+        await call_goes_on(twilio, session)
 
 
 @async_test
@@ -849,6 +867,7 @@ async def running_bridge(*command: str, **env: str):
     async with TestServer(openai_app) as server:
         port = free_port()
         url = str(server.make_url("/v1/realtime")).replace("http", "ws", 1)
+        url = url.replace("127.0.0.1", "localhost")  # a name to resolve, as in life
         env = {**os.environ, "PORT": str(port), "OPENAI_REALTIME_URL": url, **env}
         env.setdefault("OPENAI_API_KEY", "sk-test")
         command = tuple(part.format(port=port) for part in command) or (BRIDGE,)
@@ -1671,21 +1690,42 @@ async def model_talks_to_a_stuck_twilio(twilio: FakeTwilio, session: Session):
     ],
 )
 @async_test
-async def test_a_peer_that_stops_reading_ends_the_call(
+async def test_a_peer_that_stops_reading_ends_the_call_and_frees_its_socket(
     stuck, talk, monkeypatch, caplog
 ):
     monkeypatch.setattr(bridge, "SEND_TIMEOUT", 0.2)
     monkeypatch.setattr(bridge, "WATCH_EVERY", 0.05)
+    monkeypatch.setattr(bridge, "CLOSE_TIMEOUT", 0.2)
     async with world() as w:
         twilio, session = await w.answered_call()
+        call = w.app[bridge.CALLS][CA1]
+        bridges_end = socket_name(call.openai if stuck == "OpenAI" else call.twilio)
         try:
             await talk(twilio, session)
         except ConnectionResetError:
             pass  # the bridge hung up first
-        session.reading.set()
-        await session.wait_closed()
-        await twilio.wait_closed()
+        await wound_down(w.app)  # though the stuck peer still reads nothing
+        await gone(bridges_end)
         assert f"{stuck} stopped reading for 0.2 s: hanging up" in caplog.text
+        session.reading.set()
+
+
+def socket_name(socket) -> str:
+    """What Linux calls the socket under a WebSocket, e.g. socket:[4242]."""
+    return os.readlink(f"/proc/self/fd/{socket.get_extra_info('socket').fileno()}")
+
+
+async def gone(name: str) -> None:
+    """Wait (generously) until no file descriptor of this process is that socket."""
+    for _ in range(100):
+        names = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                names.add(os.readlink(f"/proc/self/fd/{fd}"))
+        if name not in names:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} is still open")
 
 
 @async_test
@@ -1996,11 +2036,12 @@ async def test_an_openai_event_over_4_mib_is_read(caplog):
 
 
 @async_test
-async def test_the_open_files_limit_is_raised_and_running_out_is_one_warning_line():
+async def test_the_open_files_limit_is_raised_and_running_out_is_a_few_lines():
     port = free_port()
     low_limit = (
-        "import resource, runpy; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60)); "
-        f"runpy.run_path({BRIDGE!r}, run_name='__main__')"
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60)); "
+        f"sys.path.insert(0, {os.path.dirname(BRIDGE)!r}); import bridge; "
+        "bridge.REFUSALS_EVERY = 1.5; bridge.main()"  # a minute, shortened
     )
     env = dict(os.environ, OPENAI_API_KEY="sk-test", PORT=str(port))
     proc = await asyncio.create_subprocess_exec(
@@ -2023,10 +2064,20 @@ async def test_the_open_files_limit_is_raised_and_running_out_is_one_warning_lin
             except ConnectionRefusedError:  # not listening yet
                 await asyncio.sleep(0.1)
         await asyncio.wait_for(read_until("no file descriptor left"), TIMEOUT)
+        # asyncio tries accept() again each second, and fails each time: counted.
+        await asyncio.wait_for(read_until("refusals in the last minute"), TIMEOUT)
+        while sockets:
+            sockets.pop().close()
+        health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(health)
+        await asyncio.wait_for(read_until("file descriptors are free again"), TIMEOUT)
+        writer.close()
         proc.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(proc.stderr.read(), TIMEOUT)
         output = "".join(log_lines) + rest.decode()
         assert "open files limit 60: room for about 20 calls" in output
+        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
         assert "Traceback" not in output
     finally:
         for s in sockets:
@@ -2382,6 +2433,20 @@ async def test_the_webhook_opens_the_session_and_asks_for_the_greeting_at_once()
         await call_goes_on(twilio, session)
 
 
+@async_test
+async def test_with_greet_early_off_the_greeting_waits_for_the_stream():
+    async with world(greet_early=False) as w:
+        await webhook(w)
+        session = await w.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        twilio = await w.call(start=False)
+        await twilio.speak("ringing")  # anything before `start` is not a stream yet
+        assert session.events.empty()  # opened, but no response.create: no audio
+        await twilio.start()
+        assert await session.next() == {"type": "response.create"}
+        await call_goes_on(twilio, session)
+
+
 async def greeted_before_start(w: World, *tags: str, ms: int = 100):
     """The webhook opens the session, the model greets, and then the stream starts."""
     await webhook(w)
@@ -2726,8 +2791,8 @@ async def test_past_max_calls_the_webhook_says_busy_and_a_stream_is_closed(caplo
         assert len(w.openai.sessions) == 2
         health = await (await w.client.get("/health")).json()
         assert health == {"status": "ok", "calls": 2, "max_calls": 2}
-        assert "a call refused: MAX_CALLS=2 calls are live" in caplog.text
-        assert "stream refused: MAX_CALLS=2 calls are live" in caplog.text
+        assert "a call refused: MAX_CALLS=2 reached" in caplog.text
+        assert "stream refused: MAX_CALLS=2 reached" in caplog.text
         await call_goes_on(twilio, session)
 
 
@@ -2819,6 +2884,21 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
 
 
 @async_test
+async def test_a_stream_still_waiting_for_start_does_not_hold_up_the_exit():
+    async with running_bridge() as bridge_process:
+        silent = await bridge_process.http.ws_connect(bridge_process.url("/media"))
+        twilio, session = await bridge_process.answered_call(1)  # so it has begun
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        # Well before the 10 s that a stream may take to send its `start`.
+        assert await asyncio.wait_for(bridge_process.proc.wait(), TIMEOUT) == 0
+        assert (await silent.receive()).type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        )
+
+
+@async_test
 async def test_at_the_drains_deadline_the_calls_left_are_hung_up():
     async with running_bridge(DRAIN_SECONDS="1") as bridge_process:
         twilio, session = await bridge_process.answered_call(1)
@@ -2856,21 +2936,17 @@ async def test_a_drain_logs_how_many_calls_are_left(monkeypatch, caplog):
         await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
 
 
+# The README's command: the bridge's own worker class, two workers.
+GUNICORN = (
+    *("-m", "gunicorn", "bridge:create_app()", "--worker-class", "bridge.Worker"),
+    *("--workers", "2", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "60"),
+)
+
+
 @async_test
 async def test_gunicorn_runs_two_workers_and_each_carries_a_call():
     pytest.importorskip("gunicorn")
-    gunicorn = [
-        "-m",
-        "gunicorn",
-        "bridge:create_app()",
-        "--worker-class",
-        "aiohttp.GunicornWebWorker",
-        "--workers",
-        "2",
-        "--bind",
-        "127.0.0.1:{port}",
-    ]
-    async with running_bridge(*gunicorn) as workers:
+    async with running_bridge(*GUNICORN) as workers:
         calls = {}  # worker's pid -> a call it carries
         for i in range(40):  # new connections, until both workers have one
             twilio, session = await workers.answered_call(i)
@@ -2894,19 +2970,163 @@ async def test_gunicorn_runs_two_workers_and_each_carries_a_call():
 
 
 @async_test
+async def test_a_gunicorn_drain_keeps_a_call_flowing_both_ways_to_its_end():
+    pytest.importorskip("gunicorn")
+    async with running_bridge(*GUNICORN, DRAIN_SECONDS="30") as workers:
+        twilio, session = await workers.answered_call(1)
+        workers.proc.send_signal(signal.SIGTERM)
+        await workers.logged("draining: 1 calls, for up to 30 s")
+        for i in range(100):  # two seconds of a caller talking, at Twilio's pace
+            await twilio.speak(f"f{i}")
+            await asyncio.sleep(0.02)
+        assert await session.audio_tags(100) == [f"f{i}" for i in range(100)]
+        await say(session, "item_A", "a1")  # the agent still reaches the caller
+        await expect(twilio, "media a1")
+        await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": "5"})
+        pressed = await session.next_of("conversation.item.create")
+        assert "pressed 5" in pressed["item"]["content"][0]["text"]
+        async with workers.http.post(
+            workers.url("/incoming"), data={"CallSid": sid("CA", 2)}
+        ) as refused:
+            assert refused.status == 503  # Twilio tries the number's fallback URL
+        async with workers.http.get(workers.url("/health")) as health:
+            assert health.status == 503
+        await twilio.send(event="stop", stop={})  # the caller hangs up: it ends now
+        await session.wait_closed()
+        assert await workers.exit_code() == 0
+
+
+@async_test
+async def test_ctrl_c_to_gunicorn_hangs_up_at_once():
+    pytest.importorskip("gunicorn")
+    async with running_bridge(*GUNICORN, DRAIN_SECONDS="600") as workers:
+        twilio, session = await workers.answered_call(1)
+        workers.proc.send_signal(signal.SIGINT)
+        await twilio.wait_closed()
+        await session.wait_closed()
+        assert await workers.exit_code() == 0
+        assert "draining" not in "".join(workers.lines)
+
+
+@async_test
+async def test_with_two_workers_only_the_streams_worker_asks_for_a_greeting():
+    pytest.importorskip("gunicorn")
+    async with running_bridge(*GUNICORN) as workers:
+        callers = []
+        for i in range(1, 41):  # until some webhooks and their streams part ways
+            form = {"CallSid": sid("CA", i)}
+            async with workers.http.post(workers.url("/incoming"), data=form):
+                pass
+            twilio = FakeTwilio(await workers.http.ws_connect(workers.url("/media")), i)
+            await twilio.start()
+            await twilio.speak(f"caller {i}")
+            callers.append(twilio)
+            await workers.logged(f"[{sid('CA', i)}] stream")
+            if i >= 20 and len(workers.openai.sessions) > i:
+                break
+        greeted, orphans = 0, 0
+        for session in workers.openai.sessions:
+            await session.next()  # session.update, sent at once
+            events = []
+            while not session.events.empty():
+                events.append(session.events.get_nowait()["type"])
+            if "input_audio_buffer.append" in events:  # the stream came here
+                if "response.create" not in events:  # asked once the stream came
+                    events.append((await session.next())["type"])
+                assert "response.create" in events
+                greeted += 1
+            else:  # opened at a webhook whose stream went to the other worker
+                assert "response.create" not in events
+                orphans += 1
+        assert (
+            greeted == len(callers)
+            and orphans == len(workers.openai.sessions) - greeted
+        )
+        assert orphans > 0, "every stream reached its webhook's worker: run it again"
+
+
+@async_test
+async def test_a_bad_setting_stops_gunicorn_instead_of_restarting_workers():
+    pytest.importorskip("gunicorn")
+    command = [part.format(port=free_port()) for part in GUNICORN]
+    env = dict(os.environ, OPENAI_API_KEY="sk-test", VOICE="Bad")
+    done = subprocess.run(
+        [sys.executable, *command],
+        env=env,
+        cwd=os.path.dirname(BRIDGE),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.splitlines()
+    refusals = [line for line in lines if line.startswith("VOICE='Bad' is not allowed")]
+    assert 1 <= len(refusals) <= 2  # once a worker: no restart loop
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_one_line_and_a_non_zero_exit():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, OPENAI_API_KEY="sk-test", PORT=str(port))
+        done = subprocess.run(
+            [sys.executable, BRIDGE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode != 0
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"cannot listen on 127.0.0.1 port {port}: ")
+    assert last.endswith("address already in use")
+    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr
+
+
+HANGING_TOOL = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+import bridge
+def hang():
+    threading.Event().wait()  # never returns
+bridge.tool("Never returns.", dict(type="object"))(hang)
+sys.argv[1:] = []
+bridge.main()
+"""
+
+
+@async_test
+async def test_plain_tools_that_never_return_cannot_starve_the_process():
+    directory = os.path.dirname(BRIDGE)
+    async with running_bridge("-c", HANGING_TOOL, directory) as bridge_process:
+        for i in range(10):  # more than the default executor's threads
+            twilio, session = await bridge_process.answered_call(i)
+            await call_tool(session, "hang", "{}")
+            await bridge_process.logged(f"[{sid('CA', i)}] the model calls hang")
+        twilio, session = await bridge_process.answered_call(10)  # DNS: localhost
+        await call_tool(session, "current_time", '{"zone": "UTC"}')
+        output = await session.next_of("conversation.item.create")
+        assert str(datetime.date.today().year) in output["item"]["output"]
+        bridge_process.proc.send_signal(signal.SIGTERM)
+        assert await bridge_process.exit_code() == 0
+
+
+@async_test
 async def test_every_line_of_a_call_starts_with_its_call_sid(caplog):
     async with world() as w:
-        w.openai.refuse = [401]  # the likeliest mistake: a wrong OpenAI key
+        w.openai.refuse = [503]  # a passing failure, at the webhook
         await webhook(w)
-        await logged(caplog, "could not open the OpenAI session: HTTP 401")
-        twilio = await w.call()  # CA1's stream: it opens a session of its own
+        await logged(caplog, "could not open the OpenAI session: HTTP 503")
+        twilio = await w.call()  # CA1's stream: it tries once more
         await w.openai.session()
         await twilio.send(event="stop", stop={})
         await twilio.wait_closed()
         await wound_down(w.app)
         lines = [r.getMessage() for r in caplog.records if r.name == "bridge"]
     assert lines.pop(0).startswith("TWILIO_AUTH_TOKEN is not set")  # at start-up
-    assert len(lines) > 5 and all(line.startswith(f"[{CA1}] ") for line in lines)
+    assert len(lines) >= 5 and all(line.startswith(f"[{CA1}] ") for line in lines)
 
 
 @async_test
