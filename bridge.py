@@ -69,6 +69,7 @@ STREAM_SID = "MZ[0-9a-f]{32}"
 SECRET = "[!-~]+"  # a key or token: printable ASCII, no spaces
 # These transcription models take `languages` and `keywords`; older ones a `language`.
 NEW_TRANSCRIBERS = ("gpt-transcribe", "gpt-live-transcribe")
+VOICEMAIL = "a short message: who is calling, why, and how to call back"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -122,6 +123,8 @@ class Config:
     max_calls: int = setting(300, range(1, 100001))
     # Greet while the stream connects; false: once it has (several instances).
     greet_early: bool = setting(True, "1|true|0|false")
+    # What the agent says to a voicemail of a call it placed; unset: its own words.
+    voicemail_message: str = setting("", "(?s).+")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -202,6 +205,7 @@ GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last ma
 # matters (names, what was agreed), and every replayed word is paid for again as
 # input on each later response.
 REPLAY_TURNS = 40
+CALLEE_FIRST = 2.0  # seconds the agent waits for the person it called to speak first
 # Agent audio gets a mark every MARK_EVERY_MS and at the end of each reply, not
 # after every delta: between marks the stream clock says how far playback got,
 # and each mark costs a message each way.
@@ -279,6 +283,11 @@ def instructions_for(config: Config, call: dict[str, str]) -> str:
     # `call` holds what Twilio said of the call (From, To, Direction), checked by
     # call_context(). Here is the place to look the caller up in your own system.
     # Caller ID can be spoofed: use it to be helpful, never as proof of identity.
+    if "Voicemail" in call:  # a machine answered a call we placed; its beep is over
+        said = config.voicemail_message
+        message = f'this message, word for word: "{said}"' if said else VOICEMAIL
+        task = f"You reached voicemail. Leave {message}, then call end_call."
+        return f"{config.instructions}\n{task}"
     if call.get("Direction", "").startswith("outbound") and "To" in call:
         return f"{config.instructions}\nYou placed this call to {call['To']}."
     if "From" in call and "To" in call:
@@ -296,13 +305,15 @@ def call_context(fields: Mapping) -> dict[str, str]:
     """The call's From, To and Direction; a missing or odd value is left out."""
     # These reach the model's instructions, so only what a number, a SIP address or
     # a client name looks like, and short.
-    values = {name: fields.get(name) for name in ("From", "To", "Direction")}
+    names = ("From", "To", "Direction", "Voicemail")  # Voicemail: what Twilio heard
+    values = {name: fields.get(name) for name in names}
     fits = re.compile(r"[\w+:@.*#-]{1,64}").fullmatch
     return {k: v for k, v in values.items() if isinstance(v, str) and fits(v)}
 
 
-def session_update(config: Config, instructions: str) -> dict:
-    """The first event of every OpenAI session: mu-law both ways, turn detection."""
+def session_update(config: Config, instructions: str, turns: bool = True) -> dict:
+    """The first event of every OpenAI session: mu-law both ways, turn detection
+    (none for a voicemail: a machine's noise must not cut the message short)."""
     if config.turn_detection == "server_vad":
         vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
         if config.idle_timeout_seconds:  # the agent speaks up after this silence
@@ -319,6 +330,7 @@ def session_update(config: Config, instructions: str) -> dict:
         transcription["keywords"] = config.keywords
     noise = {"type": config.noise_reduction}
     noise = None if config.noise_reduction == "off" else noise
+    vad = vad if turns else None
     audio_in = {"format": {"type": "audio/pcmu"}, "turn_detection": vad}
     audio_in |= {"noise_reduction": noise, "transcription": transcription}
     audio_out = {"format": {"type": "audio/pcmu"}, "voice": config.voice}
@@ -416,41 +428,72 @@ async def signed_form(request: web.Request) -> dict[str, str]:
     except (ValueError, LookupError, HttpProcessingError) as exc:  # charset=foo, ...
         raise refusal(request, web.HTTPBadRequest, "malformed body: %s", exc) from None
     check_signature(request, public_base(request) + request.raw_path, form)
+    account = request.app[CONFIG].twilio_account_sid
+    if not re.fullmatch(CALL_SID, str(form.get("CallSid"))):
+        raise refusal(
+            request, web.HTTPBadRequest, "not a CallSid: %s", form.get("CallSid")
+        )
+    if account and form.get("AccountSid") != account:
+        raise refusal(request, web.HTTPBadRequest, "another account's call")
     return form
 
 
 async def incoming(request: web.Request) -> web.Response:
     """Twilio's voice webhook: answer with TwiML that streams the call to /media."""
     app, form = request.app, await signed_form(request)
-    config, calls = app[CONFIG], app[CALLS]
+    call_sid, calls = form["CallSid"], app[CALLS]
     if app[DRAIN].until is not None:  # Twilio tries the fallback URL
         raise web.HTTPServiceUnavailable(text="draining: no new calls")
-    call_sid, account = str(form.get("CallSid", "")), form.get("AccountSid")
-    if not re.fullmatch(CALL_SID, call_sid):
-        raise refusal(request, web.HTTPBadRequest, "not a CallSid: %s", call_sid)
-    if config.twilio_account_sid and account != config.twilio_account_sid:
-        raise refusal(request, web.HTTPBadRequest, "another account's call")
     # A replayed webhook must not mint a fresh proof for a call that has ended.
     if call_sid in calls or not app[ONCE].add(call_sid):
         raise refusal(request, web.HTTPForbidden, "%s was answered already", call_sid)
-    if len(calls) >= config.max_calls:  # the caller hears busy; Twilio bills nothing
+    if len(calls) >= app[CONFIG].max_calls:  # the caller hears busy; nothing billed
         app[REFUSALS].warning("a call refused: MAX_CALLS=%d reached", len(calls))
         return twiml('<Response><Reject reason="busy"/></Response>')
-    stream_url = public_base(request, websocket=True) + "/media"
-    log.info("[%s] incoming call, streamed to %s", call_sid, printable(stream_url))
+    log.info("[%s] incoming call", call_sid)
     context = call_context(form)
     begin_call(app, call_sid, context)
-    parameters = dict(context)
-    if config.twilio_auth_token:
-        parameters["proof"] = call_proof(config.twilio_auth_token, call_sid)
+    return twiml(stream_twiml(request, call_sid, context))
+
+
+def stream_twiml(request: web.Request, call_sid: str, parameters: dict) -> str:
+    """TwiML that streams the call to /media, with the values for the stream."""
     # No query string on the stream URL: Twilio drops it, so values for the stream
     # travel as <Parameter>s. Nothing after <Connect>: when we close, the call ends.
+    url = public_base(request, websocket=True) + "/media"
+    if token := request.app[CONFIG].twilio_auth_token:
+        parameters = parameters | {"proof": call_proof(token, call_sid)}
     stream = "".join(
         f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>"
         for k, v in parameters.items()
     )
-    stream = f"<Stream url={quoteattr(stream_url)}>{stream}</Stream>"
-    return twiml(f"<Response><Connect>{stream}</Connect></Response>")
+    stream = f"<Stream url={quoteattr(url)}>{stream}</Stream>"
+    return f"<Response><Connect>{stream}</Connect></Response>"
+
+
+async def amd(request: web.Request) -> web.Response:
+    """Twilio's answering-machine detection on a call we placed. It may reach another
+    process than the call's stream, so it acts through Twilio, not through memory."""
+    form = await signed_form(request)
+    call_sid, answered_by = form["CallSid"], printable(form.get("AnsweredBy"))
+    if not request.app[ONCE].add(f"amd {call_sid}"):  # a replay must change nothing
+        raise refusal(request, web.HTTPForbidden, "%s was detected already", call_sid)
+    call_log, path = CallLog(call_sid), f"Calls/{call_sid}.json"
+    if answered_by.startswith("machine_end_"):  # its greeting and beep are over:
+        # a new stream, whose session leaves the message, replaces the call's.
+        call_log.info("answered by %s: leaving a voicemail", answered_by)
+        change = {"Twiml": stream_twiml(request, call_sid, {"Voicemail": answered_by})}
+    elif answered_by == "fax":
+        call_log.info("answered by fax: hanging up")
+        change = {"Status": "completed"}
+    else:  # human, unknown: the call goes on (machine_start: more comes later)
+        call_log.info("answered by %s", answered_by)
+        return web.Response()
+    try:
+        await twilio_rest(request.app[HTTP], request.app[CONFIG], path, change)
+    except TwilioError as exc:
+        call_log.warning("%s", exc)
+    return web.Response()
 
 
 def twiml(text: str) -> web.Response:
@@ -699,6 +742,9 @@ class Call:
         self.openai: aiohttp.ClientWebSocketResponse | None = None
         self.openai_ready = False  # False while the session opens or renews
         self.refused = False  # OpenAI refused the session: no second try
+        outbound = context.get("Direction", "").startswith("outbound")
+        self.callee_first = outbound and "Voicemail" not in context
+        self.callee_spoke = False  # the caller, or the person we called, spoke
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
         self.heard_at = 0.0  # when Twilio's last message came
@@ -745,9 +791,9 @@ class Call:
         # at its buffer's limit), so it plays, and counts as played, from `start`.
         try:
             opened = await self.open_session()
-            greeted = opened and self.config.greet_early
+            greeted = opened and self.config.greet_early and not self.callee_first
             if greeted:
-                await self.send_openai({"type": "response.create"})  # the agent greets
+                await self.greet()
             try:
                 await asyncio.wait_for(self.streaming.wait(), STREAM_WAIT)
             except TimeoutError:
@@ -760,7 +806,7 @@ class Call:
             if not opened:
                 return  # the caller is hung up at once
             if not greeted:  # now that this process has the stream
-                await self.send_openai({"type": "response.create"})
+                self.start(self.greet())
             pumps = [self.pump_twilio(), self.pump_openai(), self.watch()]
             tasks = [self.start(pump) for pump in pumps]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -772,6 +818,15 @@ class Call:
                 report = asyncio.create_task(self.report())  # after the hang-up
                 self.app[REPORTS].add(report)  # a drain waits for it
                 report.add_done_callback(self.app[REPORTS].discard)
+
+    async def greet(self) -> None:
+        """The agent speaks first. On a call it placed, a person answers "Hello?":
+        the agent waits for that, and speaks first only after CALLEE_FIRST."""
+        if self.callee_first:
+            await asyncio.sleep(CALLEE_FIRST)
+            if self.callee_spoke:  # the model answers the callee on its own
+                return
+        await self.send_openai({"type": "response.create"})
 
     async def close(self) -> None:
         """End the call on both sides. Safe to call more than once."""
@@ -882,7 +937,9 @@ class Call:
             why = f"HTTP {exc.status}" if answered else repr(exc)
             self.log.error("could not open the OpenAI session: %s", why)
             return False
-        await self.send(self.openai, session_update(self.config, self.instructions))
+        turns = "Voicemail" not in self.context
+        update = session_update(self.config, self.instructions, turns)
+        await self.send(self.openai, update)
         for role, text in self.history:
             await self.send(self.openai, message_item(role, text))
         while self.held:
@@ -918,6 +975,7 @@ class Call:
         if kind == "response.output_audio.delta":
             await self.play(event["item_id"], event["delta"])
         elif kind == "input_audio_buffer.speech_started":
+            self.callee_spoke = True
             await self.interrupt()
         elif kind == "input_audio_buffer.speech_stopped":
             self.speech_stopped_at = time.monotonic()
@@ -1241,18 +1299,22 @@ async def media(request: web.Request) -> web.StreamResponse:
         app[STARTING].discard(waiting)
     call_sid, parameters = start.get("callSid", ""), start.get("customParameters", {})
     call, token = calls.get(call_sid), config.twilio_auth_token
-    proof = parameters.get("proof")
+    proof, voicemail = parameters.get("proof"), "Voicemail" in parameters
     if not start:
         pass
     elif token and not proof_ok(token, call_sid, proof):
         refused("[%s] stream refused: no valid proof", call_sid)
     elif token and not app[ONCE].add(proof):  # a replay of a stream's start
         refused("[%s] stream refused: its proof was used already", call_sid)
-    elif call is not None and call.twilio is not None:
+    elif call and call.twilio and not voicemail:
         refused("[%s] a second stream for the call refused", call_sid)
     elif call is None and len(calls) >= config.max_calls:
         refused("[%s] stream refused: MAX_CALLS=%d reached", call_sid, len(calls))
     else:  # no session yet if another instance, or a restart, answered the webhook
+        if call and voicemail:  # /amd redirected the call: its old stream is ending
+            call.task.cancel()
+            await asyncio.wait([call.task])
+            call = None
         call = call or begin_call(app, call_sid, call_context(parameters))
         call.attach(twilio, start)
         await asyncio.wait([call.task])
@@ -1377,6 +1439,7 @@ def make_app(config: Config) -> web.Application:
     app.on_startup.append(quiet_accept_errors)
     app.on_shutdown.append(close_calls)
     app.router.add_post("/incoming", incoming)
+    app.router.add_post("/amd", amd)
     app.router.add_get("/media", media)
     app.router.add_get("/health", health)
     return app
@@ -1468,6 +1531,10 @@ async def place_call(config: Config, number: str) -> str:
     """Ask Twilio to call `number`; the call comes to our webhook when answered."""
     form = {"To": number, "From": config.twilio_number, "Method": "POST"}
     form["Url"] = config.public_url + "/incoming"
+    # Twilio answers the call at once, and tells /amd later if a machine answered.
+    form |= {"MachineDetection": "DetectMessageEnd", "AsyncAmd": "true"}
+    form["AsyncAmdStatusCallback"] = config.public_url + "/amd"
+    form["AsyncAmdStatusCallbackMethod"] = "POST"
     async with aiohttp.ClientSession() as http:
         answer = await twilio_rest(http, config, "Calls.json", form)
     if not re.fullmatch(CALL_SID, str(answer.get("sid"))):

@@ -2191,8 +2191,8 @@ def ga_audio_input(update: dict) -> dict:
     assert set(session["audio"]) == {"input", "output"}
     audio_in, audio_out = session["audio"]["input"], session["audio"]["output"]
     assert set(audio_in) <= GA_KEYS["input"] and set(audio_out) <= GA_KEYS["output"]
-    vad = audio_in["turn_detection"]
-    assert set(vad) <= GA_KEYS[vad["type"]]
+    vad = audio_in["turn_detection"]  # None: no turns (a voicemail)
+    assert vad is None or set(vad) <= GA_KEYS[vad["type"]]
     check_transcription(audio_in["transcription"])
     noise = audio_in["noise_reduction"]
     assert noise is None or noise["type"] in ("near_field", "far_field")
@@ -2548,6 +2548,11 @@ async def test_the_call_command_places_a_call_to_our_webhook_and_prints_its_sid(
             "From": "+15557650000",
             "Url": "https://bridge.example.com/incoming",
             "Method": "POST",
+            # A machine's answer is told to /amd while the call goes on at once.
+            "MachineDetection": "DetectMessageEnd",
+            "AsyncAmd": "true",
+            "AsyncAmdStatusCallback": "https://bridge.example.com/amd",
+            "AsyncAmdStatusCallbackMethod": "POST",
         }
 
 
@@ -2747,6 +2752,164 @@ async def test_a_rest_answer_is_checked_and_bounded(answer, error):
             await bridge.place_call(config, "+15551234567")
         assert error in str(refused.value)
         assert "\n" not in str(refused.value)
+
+
+# ------------------------------------------- Voicemail: answering-machine detection
+
+
+async def amd(
+    w: World, answered_by: str, signed: bool = True
+) -> aiohttp.ClientResponse:
+    """Twilio's asynchronous AMD callback for call 1, as Twilio signs it."""
+    form = {"CallSid": CA1, "AccountSid": SID, "AnsweredBy": answered_by}
+    form["MachineDetectionDuration"] = "4200"
+    headers = {"Host": "example.com"}
+    if signed:
+        headers |= sign("https://example.com/amd", form)
+    return await w.client.post("/amd", data=form, headers=headers)
+
+
+@pytest.mark.parametrize("ending", ["machine_end_beep", "machine_end_silence"])
+@async_test
+async def test_a_machine_gets_a_new_stream_told_to_leave_a_voicemail(ending, caplog):
+    async with world(**REST) as w:
+        assert (await amd(w, ending)).status == 200
+        path, auth, form = await w.api.request()
+        assert path == f"/2010-04-01/Accounts/{SID}/Calls/{CA1}.json" and auth == BASIC
+        twiml = form["Twiml"]
+        assert twiml.startswith(
+            '<Response><Connect><Stream url="wss://example.com/media">'
+            f'<Parameter name="Voicemail" value="{ending}"/>'
+            '<Parameter name="proof" value="'
+        )
+        proof = twiml.split('name="proof" value="')[1].split('"')[0]
+        assert bridge.proof_ok(TOKEN, CA1, proof)
+        assert f"[{CA1}] answered by {ending}: leaving a voicemail" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "answered_by, change",
+    [
+        ("human", None),
+        ("unknown", None),
+        ("machine_start", None),  # DetectMessageEnd: the end comes later
+        ("machine_end_other", "Twiml"),
+        ("fax", {"Status": "completed"}),
+    ],
+)
+@async_test
+async def test_each_answer_of_the_detection_is_acted_on(answered_by, change, caplog):
+    async with world(**REST) as w:
+        assert (await amd(w, answered_by)).status == 200
+        assert f"[{CA1}] answered by {answered_by}" in caplog.text
+        if change is None:
+            assert w.api.requests == []
+        else:
+            _, _, form = await w.api.request()
+            assert form == change or set(form) == {change}
+
+
+@async_test
+async def test_amd_must_be_signed_and_is_acted_on_once(caplog):
+    async with world(**REST) as w:
+        assert (await amd(w, "machine_end_beep", signed=False)).status == 403
+        assert (await amd(w, "machine_end_beep")).status == 200
+        assert (await amd(w, "machine_end_beep")).status == 403  # replayed
+        assert len(w.api.requests) == 1
+        assert f"{CA1} was detected already" in caplog.text
+
+
+async def voicemail_stream(
+    w: World, answered_by: str = "machine_end_beep"
+) -> FakeTwilio:
+    """The stream Twilio opens for call 1 once /amd has redirected it."""
+    twilio = await w.call(start=False)  # call 1: a number placed, then redirected
+    twilio.token = ""  # the proof is the redirect's, minted later than the webhook's
+    proof = bridge.call_proof(TOKEN, CA1, int(time.time()) + 60)
+    await twilio.start({"Voicemail": answered_by, "proof": proof})
+    return twilio
+
+
+@pytest.mark.parametrize(
+    "message, told",
+    [
+        ("", "Leave a short message: who is calling, why, and how to call back"),
+        ("Hi, Acme here.\nCall 555-0100.", 'word for word: "Hi, Acme here.\nCall 555'),
+    ],
+    ids=["own-words", "voicemail-message"],
+)
+@async_test
+async def test_a_voicemail_session_leaves_its_message_then_hangs_up(message, told):
+    async with world(**REST, voicemail_message=message) as w:
+        twilio = await voicemail_stream(w)
+        session = await w.openai.session()
+        update = await session.next()
+        assert told in update["session"]["instructions"]
+        assert "then call end_call" in update["session"]["instructions"]
+        audio_in = ga_audio_input(update)
+        assert audio_in["turn_detection"] is None  # a machine's noise cuts nothing
+        assert await session.next() == {"type": "response.create"}  # at once, once
+        await say(session, "item_vm", "vm1", "vm2", ms=1000)
+        await call_tool(session, "end_call", "{}")
+        await reply_done(session)
+        await expect(twilio, "media vm1", "mark 1", "media vm2", "mark 2")
+        await twilio.mark("1")
+        await twilio.speak("beep noise")
+        assert await session.audio_tags(1) == ["beep noise"]  # still leaving it
+        await twilio.mark("2")  # the message has been heard to its end
+        await twilio.wait_closed()
+        await session.wait_closed()
+        assert sum(e["type"] == "response.create" for e in drained(session)) == 0
+
+
+def drained(session: Session) -> list[dict]:
+    """The events a session has received and the test has not read yet."""
+    events = []
+    while not session.events.empty():
+        events.append(session.events.get_nowait())
+    return events
+
+
+@async_test
+async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending():
+    async with world(**REST) as w:
+        first, first_session = await w.answered_call()  # call 1, still streaming
+        w.calls = 0  # the redirected stream is call 1's again
+        twilio = await voicemail_stream(w)
+        await first_session.wait_closed()  # the old one is hung up
+        session = await w.openai.session()
+        assert (
+            "You reached voicemail" in (await session.next())["session"]["instructions"]
+        )
+        await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_on_a_call_we_placed_the_callee_speaks_first(monkeypatch):
+    monkeypatch.setattr(bridge, "CALLEE_FIRST", 0.2)
+    async with world() as w:
+        placed = {"To": "+15551234567", "Direction": "outbound-api"}
+        twilio = await w.call(start=False)
+        await twilio.start(placed)
+        session = await w.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        await speech_started(session)  # "Hello?": the model answers on its own
+        await twilio.speak("hello")
+        assert await session.audio_tags(1) == ["hello"]
+        await asyncio.sleep(0.3)  # past CALLEE_FIRST: the agent did not talk over
+        assert all(e["type"] != "response.create" for e in drained(session))
+
+
+@async_test
+async def test_a_callee_who_says_nothing_is_greeted_after_a_while(monkeypatch):
+    monkeypatch.setattr(bridge, "CALLEE_FIRST", 0.2)
+    async with world() as w:
+        twilio = await w.call(start=False)
+        await twilio.start({"Direction": "outbound-api"})
+        session = await w.openai.session()
+        assert (await session.next())["type"] == "session.update"
+        assert await session.next() == {"type": "response.create"}
+        await call_goes_on(twilio, session)
 
 
 @pytest.mark.parametrize("name", ["RECORD_CALLS", "TRANSFER_NUMBER"])
