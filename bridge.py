@@ -192,9 +192,9 @@ STREAM_WAIT = 15.0
 HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
 WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
 REFUSALS_EVERY = 60.0  # seconds: refusals of a kind log WARNINGS_SHOWN lines in each
-# The last REMEMBERED answered calls and used proofs are remembered, so that a replay
-# buys nothing: at 300 calls at once of 3 minutes each, the last 100 minutes.
-REMEMBERED = 10_000
+# Answered calls and used proofs are remembered, so that a replay buys nothing: the
+# last REMEMBERED of them, two a call (at 300 calls of 3 minutes, 100 minutes' worth).
+REMEMBERED = 20_000
 MAX_ANSWER = 1024 * 1024  # bytes read of an answer from Twilio's or OpenAI's APIs
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
@@ -367,7 +367,9 @@ def public_base(request: web.Request, websocket: bool = False) -> str:
 def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
     """Twilio's X-Twilio-Signature: HMAC-SHA1 of the URL and the sorted POST fields."""
     data = url + "".join(f"{name}{value}" for name, value in sorted(params.items()))
-    digest = hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()
+    # surrogatepass: a forged Host or field may hold what UTF-8 cannot encode.
+    data = data.encode("utf-8", "surrogatepass")
+    digest = hmac.new(token.encode(), data, hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -425,7 +427,7 @@ async def signed_form(request: web.Request) -> dict[str, str]:
             form = dict(await request.post())
     except TimeoutError:
         raise refusal(request, web.HTTPRequestTimeout, "no body in time") from None
-    except (ValueError, LookupError, HttpProcessingError) as exc:  # charset=foo, ...
+    except Exception as exc:  # charset=foo, bad UTF-8 or compression, odd multipart
         raise refusal(request, web.HTTPBadRequest, "malformed body: %s", exc) from None
     check_signature(request, public_base(request) + request.raw_path, form)
     account = request.app[CONFIG].twilio_account_sid
@@ -520,7 +522,7 @@ async def twilio_rest(
     try:
         async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
             answer = json.loads(await read_at_most(response, MAX_ANSWER))
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         raise TwilioError(f"Twilio's API did not answer: {printable(exc)}") from None
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
@@ -644,7 +646,7 @@ def parse(msg: aiohttp.WSMessage, side: str, key: str, log: CallLog) -> dict | N
     """A JSON object with a string `key`, or None (logged) for anything else."""
     try:
         event = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested deep
         event = None
     if isinstance(event, dict) and isinstance(event.get(key), str):
         return event
@@ -653,7 +655,7 @@ def parse(msg: aiohttp.WSMessage, side: str, key: str, log: CallLog) -> dict | N
     return None
 
 
-async def close_socket(socket: Any, log: CallLog) -> None:
+async def close_socket(socket: Any, log: CallLog | Refusals) -> None:
     # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT; then shut
     # the connection down. Closing alone waits for the peer to read what is still
     # queued for it, and a peer that stopped reading never does.
@@ -693,6 +695,8 @@ class Refusals:
             log.warning(msg, *args)
         else:
             self.hidden += 1
+
+    info = warning  # close_socket() says so when a refused stream does not answer
 
     # aiohttp logs a request it cannot parse with a 20-line traceback, through the
     # logger it is given: this one, so that such a request is one more refusal.
@@ -891,7 +895,13 @@ class Call:
         event = parse(msg, side, key, self.log)
         try:
             return event is not None and await act(event)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (
+            LookupError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
             kind, why = printable(event[key]), printable(repr(exc))
             self.log.warning("malformed %s %s ignored: %s", side, kind, why)
 
@@ -1112,7 +1122,7 @@ class Call:
     async def answer(self, call_id: str, output: str) -> None:
         """Give the model a function call's output, and let it speak again."""
         if output.startswith("error:"):
-            self.log.warning("tool %s", output)
+            self.log.warning("tool %s", printable(output, 300))
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
         await self.send_openai({"type": "conversation.item.create", "item": item})
         await self.send_openai({"type": "response.create"})
@@ -1318,7 +1328,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         call = call or begin_call(app, call_sid, call_context(parameters))
         call.attach(twilio, start)
         await asyncio.wait([call.task])
-    await close_socket(twilio, CallLog(call_sid or "new stream"))
+    await close_socket(twilio, app[REFUSALS])  # a call's closed it already
     return twilio
 
 
@@ -1428,7 +1438,13 @@ def make_app(config: Config) -> web.Application:
     refusals = Refusals()
     # lingering_time=0: a request whose body never came is closed at once, not
     # read for 10 s more.
-    server = {"lingering_time": 0, "logger": refusals}
+    # keepalive_timeout: a connection that sends no request, or only half of one,
+    # is closed after BODY_TIMEOUT (aiohttp's default is an hour).
+    server = {
+        "lingering_time": 0,
+        "keepalive_timeout": BODY_TIMEOUT,
+        "logger": refusals,
+    }
     app = web.Application(middlewares=[log_wrong_requests], handler_args=server)
     app[CONFIG] = config
     app[CALLS] = {}

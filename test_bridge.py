@@ -774,8 +774,12 @@ async def test_malformed_openai_events_are_logged_and_skipped(caplog):
             type="response.output_audio.delta", delta=audio("x")
         )  # no item
         await session.send(type="error")  # no error object
+        await session.send(type="error", error="boom")  # not an object
+        await session.send(type="response.done", response=[])
+        await session.ws.send_str("[" * 60_000)  # nested deeper than Python recurses
         await say(session, "item_A", "a1")
         assert tag_of((await twilio.receive())["media"]["payload"]) == "a1"
+        assert "Traceback" not in caplog.text
         assert "OpenAI sent a message that is not an event" in caplog.text
         assert "malformed OpenAI response.output_audio.delta ignored" in caplog.text
         assert "malformed OpenAI error ignored" in caplog.text
@@ -1024,6 +1028,11 @@ BAD_MESSAGES = {
     "media-not-object": ('{"event": "media", "media": "x"}', "malformed"),
     "mark-no-name": ('{"event": "mark", "mark": {}}', "malformed"),
     "unknown-event": ('{"event": "dance"}', "unknown Twilio event dance ignored"),
+    "nested-deep": ("[" * 60_000, "not an event"),
+    "infinite-clock": (
+        '{"event": "media", "media": {"timestamp": Infinity, "payload": "x"}}',
+        "malformed",
+    ),
 }
 
 
@@ -1320,6 +1329,17 @@ async def test_a_failing_tool_becomes_an_error_output_and_the_call_goes_on(
         assert (await tool_output(session)).startswith(expected)
         assert f"tool {expected}" in caplog.text
         await call_goes_on(twilio, session)
+
+
+@async_test
+async def test_a_tools_error_cannot_forge_a_log_line(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        forged = json.dumps({"zone": "UTC", "x\n2026 WARNING FORGED": 1})
+        await call_tool(session, "current_time", forged)
+        assert "FORGED" in await tool_output(session)  # the model may see it
+        await call_goes_on(twilio, session)
+    assert not any(line.startswith("2026 WARNING") for line in caplog.text.splitlines())
 
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["async", "plain"])
@@ -1904,8 +1924,13 @@ async def test_a_webhook_from_our_account_is_answered():
         ("application/x-www-form-urlencoded", b"CallSid=\xff\xfe"),
         ("multipart/form-data; boundary=xx", b"--xx\r\nbroken"),
         ("multipart/form-data", b"--xx\r\n"),
+        (
+            "multipart/form-data; boundary=xx",
+            b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
+            b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n",
+        ),
     ],
-    ids=["unknown-charset", "bad-utf-8", "broken-multipart", "no-boundary"],
+    ids=["unknown-charset", "bad-utf-8", "broken-multipart", "no-boundary", "odd-cte"],
 )
 @async_test
 async def test_a_malformed_webhook_body_gets_400_and_one_line(
@@ -1918,6 +1943,76 @@ async def test_a_malformed_webhook_body_gets_400_and_one_line(
         assert "Traceback" not in caplog.text
         refusals = [r for r in caplog.records if "malformed body" in r.getMessage()]
         assert len(refusals) == 1 and refusals[0].exc_info is None
+
+
+@async_test
+async def test_a_body_that_does_not_decompress_gets_400_and_one_line(caplog):
+    async with world() as w:
+        headers = {"Content-Encoding": "deflate"}
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        response = await w.client.post(
+            "/incoming", data=b"not deflate", headers=headers
+        )
+        assert response.status == 400
+        assert "Traceback" not in caplog.text and "malformed body" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["host", "field"])
+@async_test
+async def test_text_utf8_cannot_encode_gets_403_not_a_traceback(where, caplog):
+    async with world(twilio_auth_token=TOKEN) as w:
+        if (
+            where == "host"
+        ):  # bytes that are not UTF-8: aiohttp keeps them as surrogates
+            reader, writer = await asyncio.open_connection(w.client.host, w.client.port)
+            writer.write(
+                b"POST /incoming HTTP/1.1\r\nHost: \xff\xfe\r\nContent-Length: 9\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n\r\nCallSid=x"
+            )
+            answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 403")
+        else:  # a lone surrogate, once the charset has decoded it
+            kind = "application/x-www-form-urlencoded; charset=unicode_escape"
+            headers = {"Content-Type": kind}
+            response = await w.client.post(
+                "/incoming", data=b"CallSid=\\ud800", headers=headers
+            )
+            assert response.status == 403
+        assert "Traceback" not in caplog.text and "bad signature" in caplog.text
+
+
+@async_test
+async def test_a_connection_that_sends_no_request_is_closed(monkeypatch):
+    monkeypatch.setattr(bridge, "BODY_TIMEOUT", 0.2)
+    async with world() as w:
+        reader, writer = await asyncio.open_connection(w.client.host, w.client.port)
+        writer.write(b"POST /incoming HTTP/1.1\r\nHost: x\r\n")  # and no more
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # closed
+        writer.close()
+
+
+@async_test
+async def test_refused_streams_that_never_answer_our_close_log_a_few_lines(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(bridge, "CLOSE_TIMEOUT", 0.1)
+    async with world(twilio_auth_token=TOKEN) as w:
+        headers = {"Host": "example.com", **sign("wss://example.com/media")}
+        sockets = []
+        for _ in range(20):  # a bad proof, and our close is never answered
+            ws = await w.client.ws_connect("/media", headers=headers, autoclose=False)
+            await FakeTwilio(ws, 0xBAD).send(event="start", start=replayed_start("x"))
+            sockets.append(ws)
+        for ws in sockets:
+            assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE  # unanswered
+            assert (await ws.receive()).type in (
+                aiohttp.WSMsgType.CLOSED,  # then the bridge shut the connection
+                aiohttp.WSMsgType.ERROR,
+            )
+    lines = caplog.text.splitlines()
+    assert sum("did not answer our close" in line for line in lines) <= 3
+    assert not any(f"[{REPLAYED}] a peer" in line for line in lines)
 
 
 @async_test
@@ -2738,9 +2833,10 @@ async def logged(caplog, text: str) -> None:
         ((201, {"sid": "CA1\nforged"}), "Twilio's answer has no CallSid"),
         ((201, b"not json"), "Twilio's API did not answer: "),
         ((201, b" " * (2 * 1024 * 1024)), "Twilio's API did not answer: "),
+        ((201, b"[" * 60_000), "Twilio's API did not answer: "),
         ((400, {"code": "1\n2", "message": "x\nforged"}), "1\\n2 x\\nforged"),
     ],
-    ids=["no-sid", "odd-sid", "not-json", "huge", "escaped"],
+    ids=["no-sid", "odd-sid", "not-json", "huge", "nested-deep", "escaped"],
 )
 @async_test
 async def test_a_rest_answer_is_checked_and_bounded(answer, error):
