@@ -400,6 +400,11 @@ def printable(value: object, limit: int = 80) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 call', '2 calls': log lines that read as English."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class CallLog(logging.LoggerAdapter):
     # Starts every line with the call's id, to follow one call in a busy log, and logs
     # only the first few warnings of a kind: a peer could repeat one forever.
@@ -481,6 +486,7 @@ class Call:
         self.history: deque[tuple[str, str]] = deque(maxlen=REPLAY_TURNS)
         self.started = time.monotonic()
         self.speech_stopped_at: float | None = None
+        self.turns = 0  # the caller's: each end of speech, each key pressed
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
 
@@ -652,7 +658,7 @@ class Call:
             if not await self.open_session():
                 return
             ms, turns = (time.monotonic() - began) * 1000, len(self.history)
-            self.log.info("session renewed in %.0f ms, %d turns replayed", ms, turns)
+            self.log.info("session renewed in %.0f ms, turns replayed: %d", ms, turns)
 
     async def on_openai_event(self, event: dict) -> None:
         kind = event["type"]
@@ -662,6 +668,7 @@ class Call:
             await self.interrupt()
         elif kind == "input_audio_buffer.speech_stopped":
             self.speech_stopped_at = time.monotonic()
+            self.turns += 1
         elif kind == "input_audio_buffer.timeout_triggered":
             self.log.info("the caller is silent: the agent speaks up")
         elif kind == "response.function_call_arguments.done":
@@ -763,6 +770,7 @@ class Call:
     async def on_keypress(self, digit: str) -> None:
         """A keypad press is a turn too: it interrupts, then the model answers."""
         self.log.info("caller pressed %s", digit)
+        self.turns += 1
         await self.interrupt()
         text = f"The caller pressed {digit} on the keypad."
         await self.send_openai(message_item("user", text))
@@ -863,12 +871,13 @@ class Call:
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
-        median = statistics.median(self.latencies_ms) if self.latencies_ms else 0
+        median = statistics.median(self.latencies_ms) if self.latencies_ms else None
         hidden = sum(max(0, n - WARNINGS_SHOWN) for n in self.log.warnings.values())
         return (
-            f"call ended after {seconds:.0f} s: {len(self.latencies_ms)} turns, "
-            f"median reply latency {median:.0f} ms, {self.barge_ins} barge-ins"
-            + (f", {hidden} repeated warnings not shown" if hidden else "")
+            f"call ended after {seconds:.0f} s: {plural(self.turns, 'turn')}, "
+            + (f"median reply latency {median:.0f} ms, " if median is not None else "")
+            + plural(self.barge_ins, "barge-in")
+            + (f", {plural(hidden, 'repeated warning')} not shown" if hidden else "")
         )
 
 
@@ -992,11 +1001,11 @@ async def drain(app: web.Application) -> None:
     if app[DRAIN].until is None:  # not begun yet: begin it
         app[DRAIN].until = loop.time() + seconds
         if seconds:
-            log.info("draining: %d calls, for up to %d s", len(calls), seconds)
+            log.info("draining: %s for up to %d s", plural(len(calls), "call"), seconds)
     report = loop.time() + DRAIN_REPORT
     while calls and loop.time() < app[DRAIN].until:
         if loop.time() >= report:
-            log.info("draining: %d calls left", len(calls))
+            log.info("draining: %s left", plural(len(calls), "call"))
             report += DRAIN_REPORT
         await asyncio.sleep(0.1)
 
@@ -1005,7 +1014,7 @@ async def close_calls(app: web.Application) -> None:
     """On shutdown, once the drain is over, hang up every call on both sides."""
     await drain(app)  # under gunicorn, its worker's shutdown is the drain
     if app[CALLS]:
-        log.info("shutting down: closing %d calls", len(app[CALLS]))
+        log.info("shutting down: closing %s", plural(len(app[CALLS]), "call"))
     tasks = [call.task for call in app[CALLS].values()]
     for task in tasks:
         task.cancel()  # run() closes both sides on its way out

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -1366,9 +1367,9 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
     assert f"{tag} caller: My name is Ada." in caplog.text
     assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
     assert caplog.text.count(f"{tag} reply latency") == 1
-    assert (
-        "1 turns, median reply latency" in caplog.text and "1 barge-ins" in caplog.text
-    )
+    summary = r"\[CA1\] call ended after \d+ s: 1 turn, median reply latency \d+ ms, "
+    summary += "1 barge-in"
+    assert re.fullmatch(summary, summary_of(caplog))
     lines = (tmp_path / f"{twilio.call_sid}.jsonl").read_text().splitlines()
     turns = [json.loads(line) for line in lines]
     assert [(t["role"], t["text"]) for t in turns] == [
@@ -1391,6 +1392,29 @@ async def test_a_hostile_call_sid_cannot_write_outside_the_transcript_dir(tmp_pa
         await call_goes_on(twilio, session)
     assert [p.name for p in tmp_path.rglob("*.jsonl")] == ["CA1.jsonl"]
     assert (transcripts / "CA1.jsonl").exists()
+
+
+def summary_of(caplog) -> str:
+    """The summary line a call logs when it ends (one call, one line)."""
+    [line] = [message for message in caplog.messages if "call ended after" in message]
+    return line
+
+
+@async_test
+async def test_a_summary_counts_the_callers_turns_even_when_no_reply_came(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        for _ in range(2):  # the caller speaks twice; the model says nothing
+            await session.send(type="input_audio_buffer.speech_stopped", audio_end_ms=0)
+        await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": "1"})
+        await session.next_of("response.create")  # the keypress was seen
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await wound_down(w.app)
+    summary = (
+        r"\[CA1\] call ended after \d+ s: 3 turns, 0 barge-ins"  # no median of none
+    )
+    assert re.fullmatch(summary, summary_of(caplog))
 
 
 @async_test
@@ -1485,7 +1509,9 @@ async def test_an_expired_session_is_renewed_with_the_conversation_so_far(caplog
         ]
         assert tags == ["during"] * 5 + ["after"]
         assert not twilio.ws.closed
-        assert "session renewed in" in caplog.text and "4 turns replayed" in caplog.text
+        assert (
+            "session renewed in" in caplog.text and "turns replayed: 4" in caplog.text
+        )
 
 
 @async_test
@@ -2352,7 +2378,7 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
         late_session = await bridge_process.openai.session()  # opened at the webhook
         twilio, session = await bridge_process.answered_call("live")
         bridge_process.proc.send_signal(signal.SIGTERM)
-        await bridge_process.logged("draining: 2 calls, for up to 60 s")
+        await bridge_process.logged("draining: 2 calls for up to 60 s")
         await call_goes_on(twilio, session)  # audio flows both ways
         await say(session, "item_A", "a1")
         await expect(twilio, "media a1")
@@ -2377,7 +2403,7 @@ async def test_at_the_drains_deadline_the_calls_left_are_hung_up():
     async with running_bridge(DRAIN_SECONDS="1") as bridge_process:
         twilio, session = await bridge_process.answered_call("long")
         bridge_process.proc.send_signal(signal.SIGTERM)
-        await bridge_process.logged("draining: 1 calls")
+        await bridge_process.logged("draining: 1 call for")
         await twilio.wait_closed()  # a close frame on both sides
         await session.wait_closed()
         assert await bridge_process.exit_code() == 0
@@ -2391,7 +2417,7 @@ async def test_a_second_signal_during_a_drain_hangs_up_at_once(second):
     async with running_bridge(DRAIN_SECONDS="600") as bridge_process:
         twilio, session = await bridge_process.answered_call("impatient")
         bridge_process.proc.send_signal(signal.SIGTERM)
-        await bridge_process.logged("draining: 1 calls")
+        await bridge_process.logged("draining: 1 call for")
         bridge_process.proc.send_signal(second)
         await twilio.wait_closed()
         await session.wait_closed()
@@ -2404,7 +2430,7 @@ async def test_a_drain_logs_how_many_calls_are_left(monkeypatch, caplog):
     async with world(drain_seconds=60) as w:
         twilio, session = await w.answered_call()
         draining = asyncio.create_task(bridge.drain(w.app))
-        await logged(caplog, "draining: 1 calls left")
+        await logged(caplog, "draining: 1 call left")
         await twilio.send(event="stop", stop={})
         await twilio.wait_closed()
         await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
