@@ -57,6 +57,7 @@ log = logging.getLogger("bridge")
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
+VOICES = "alloy|ash|ballad|coral|echo|sage|shimmer|verse|marin|cedar"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -74,13 +75,13 @@ def setting(default: Any, allowed: str | range = ".+", says: str = "") -> Any:
 @dataclass(frozen=True)
 class Config:
     openai_api_key: str = setting("")
-    openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "a wss:// URL")
+    openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "wss:// or ws:// URL")
     openai_model: str = setting("gpt-realtime-2.1")
     port: int = setting(8080, range(1, 65536))
     # The https address Twilio calls (a tunnel's); else the Host header's.
     public_url: str = setting("", r"https://[\w.-]+(:\d+)?", "https:// and a host")
     twilio_auth_token: str = setting("")  # set: requests must carry a signature
-    voice: str = setting("marin", "[a-z]+", "a voice's name, e.g. marin")
+    voice: str = setting("marin", VOICES)
     instructions: str = setting(DEFAULT_INSTRUCTIONS)
     transcript_dir: str = setting("")  # set: one JSON Lines transcript per call
     turn_detection: str = setting("server_vad", "server_vad|semantic_vad")

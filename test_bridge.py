@@ -1938,6 +1938,20 @@ def test_every_bad_setting_is_named_at_once_with_what_is_allowed():
         )
     assert "PORT='abc' is not allowed: a whole number from 1 to 65535" in lines
     assert "TURN_DETECTION='fast' is not allowed: server_vad or semantic_vad" in lines
+    url = "OPENAI_REALTIME_URL='https://api.openai.com' is not allowed: wss:// or ws://"
+    assert any(line.startswith(url) for line in lines)  # ws:// points tests at a fake
+
+
+def test_voice_is_one_of_openais_voices_and_a_wrong_one_is_told_them_all():
+    for voice in "alloy ash ballad coral echo sage shimmer verse marin cedar".split():
+        assert bridge.Config.from_env({"VOICE": voice}).voice == voice
+    for wrong in ("foo", "Marin"):
+        with pytest.raises(ValueError) as problem:
+            bridge.Config.from_env({"VOICE": wrong})
+        assert str(problem.value) == (
+            f"VOICE={wrong!r} is not allowed: alloy or ash or ballad or coral or echo "
+            "or sage or shimmer or verse or marin or cedar"
+        )
 
 
 @pytest.mark.parametrize(
