@@ -1133,9 +1133,16 @@ def settings() -> Config:
         sys.exit(str(problems))  # and no traceback
 
 
+USAGE = "usage: python bridge.py [call NUMBER]: serve calls, or have Twilio call NUMBER"
+
+
 def main() -> None:
     if sys.argv[1:2] == ["call"]:
         return call_command(settings(), sys.argv[2:])
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        return print(USAGE)
+    if sys.argv[1:]:  # a typo must not start a server
+        sys.exit(USAGE)
     app = create_app()
     config = app[CONFIG]
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"

@@ -2236,6 +2236,20 @@ async def test_the_call_command_says_why_when_the_api_is_unreachable():
     assert err.startswith("Twilio's API did not answer") and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "arguments, status", [(["--help"], 0), (["-h"], 0), (["--port", "9000"], 1)]
+)
+@async_test
+async def test_help_or_an_unknown_argument_prints_the_usage_and_serves_nothing(
+    arguments, status
+):
+    port = str(free_port())  # with a key and a port, a server would run, not exit
+    code, out, err = await run_bridge(*arguments, OPENAI_API_KEY="sk-test", PORT=port)
+    assert code == status
+    usage = "usage: python bridge.py [call NUMBER]: serve calls, or have Twilio call"
+    assert (out if status == 0 else err).startswith(usage)
+
+
 @async_test
 async def test_a_rest_request_that_hangs_is_bounded(monkeypatch):
     monkeypatch.setattr(bridge, "REST_TIMEOUT", 0.2)
