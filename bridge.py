@@ -16,6 +16,7 @@
 # an OpenAI session still billed.
 #
 # Run it:        OPENAI_API_KEY=sk-... python bridge.py
+# Talk to it:    open http://localhost:8080/phone   (a browser plays Twilio)
 # Place a call:  python bridge.py call +15551234567   (with the Twilio settings)
 # More cores:    gunicorn 'bridge:create_app()' --worker-class aiohttp.GunicornWebWorker
 # Settings are environment variables, each a field of Config below.
@@ -994,6 +995,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(status, status=503 if draining else 200)
 
 
+async def phone(request: web.Request) -> web.Response:
+    """A phone in the browser (PHONE_PAGE): it plays Twilio, so no number is needed."""
+    return web.Response(text=PHONE_PAGE, content_type="text/html")
+
+
 async def drain(app: web.Application) -> None:
     """Take no new calls, and let the live ones end on their own, up to the drain's
     end (DRAIN_SECONDS from its start)."""
@@ -1064,6 +1070,8 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/incoming", incoming)
     app.router.add_get("/media", media)
     app.router.add_get("/health", health)
+    if not config.twilio_auth_token:  # unsigned streams are taken: a dev box
+        app.router.add_get("/phone", phone)
     return app
 
 
@@ -1147,9 +1155,180 @@ def main() -> None:
     config = app[CONFIG]
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("listening on port %d, model %s", config.port, config.openai_model)
+    if not config.twilio_auth_token:
+        log.info("open http://localhost:%d/phone to talk to the agent", config.port)
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
     asyncio.run(serve(app))
 
+
+# ----------------------------------------------------------------------------
+# The phone page: a browser that plays Twilio, to talk to the agent on a dev box
+
+PHONE_PAGE = """\
+<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>Call the agent</title>
+<style>
+  * { font: 16px system-ui; text-align: center; }
+  main { display: grid; grid-template-columns: repeat(3, 64px); gap: 14px; width: 220px;
+         margin: 40px auto; padding: 28px; border-radius: 40px; background: #222; }
+  output { grid-column: span 3; padding: 14px 0; border-radius: 9px; background: #cdc; }
+  button { height: 64px; border: 0; border-radius: 50%; color: #fff; background: #444; }
+  button:disabled { opacity: 0.3; }
+  .call { background: #2a4; }
+  .hang-up { grid-column: 3; background: #d33; }
+</style>
+<main>
+  <output>Ready to call</output>
+  <button>1</button><button>2</button><button>3</button>
+  <button>4</button><button>5</button><button>6</button>
+  <button>7</button><button>8</button><button>9</button>
+  <button>*</button><button>0</button><button>#</button>
+  <button class="call" onclick="call()">Call</button>
+  <button class="hang-up" onclick="hangUp()" disabled>Hang up</button>
+</main>
+<script>
+// To the bridge this page is Twilio: it posts the webhook, opens the stream the TwiML
+// names and speaks Twilio's messages, so a call from here runs the code a phone call
+// does. Its AudioContext runs at 8 kHz, so the browser resamples both ways.
+const status = document.querySelector('output');
+const callButton = document.querySelector('.call');
+const hangUpButton = document.querySelector('.hang-up');
+let audio, microphone, socket, start, streamStart, chunk, heard;
+let playing, playEnd, marks;  // the agent's audio: sources, where it ends, marks
+const sid = prefix => prefix + crypto.randomUUID().replaceAll('-', '');  // + 32 hex
+
+// G.711 mu-law, the phone network's 8-bit audio, which Twilio and the agent speak.
+function encodeMulaw(sample) {  // -1..1 to a byte
+  const sign = sample < 0 ? 0x80 : 0;
+  const magnitude = Math.min(Math.abs(sample) * 32768, 32635) + 0x84;  // clip, bias
+  const exponent = 24 - Math.clz32(magnitude);  // its top bit, 7 to 14, as 0 to 7
+  const mantissa = (magnitude >> (exponent + 3)) & 0x0f;
+  return ~(sign | (exponent << 4) | mantissa) & 0xff;
+}
+
+function decodeMulaw(byte) {  // a byte to -1..1
+  byte = ~byte;
+  const exponent = (byte >> 4) & 7, mantissa = byte & 0x0f;
+  const magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+  return (byte & 0x80 ? -magnitude : magnitude) / 32768;
+}
+
+async function call() {
+  callButton.disabled = true;
+  status.textContent = 'Calling…';
+  socket = microphone = audio = undefined;  // the last call's are closed
+  try {
+    // The microphone first: if it is refused, no webhook opens a session for nobody.
+    microphone = await navigator.mediaDevices.getUserMedia({audio: true});
+    audio = new AudioContext({sampleRate: 8000});
+    const callSid = sid('CA'), accountSid = sid('AC');
+    const body = new URLSearchParams({CallSid: callSid, AccountSid: accountSid,
+      From: 'client:browser', To: 'client:agent', Direction: 'inbound',
+      CallStatus: 'ringing'});
+    const answer = await fetch('/incoming', {method: 'POST', body});
+    const twiml = new DOMParser().parseFromString(await answer.text(), 'text/xml');
+    const stream = twiml.querySelector('Stream');
+    if (!answer.ok || !stream) throw new Error(`the webhook answered ${answer.status}`);
+    const parameters = Array.from(stream.children,  // its <Parameter>s
+      parameter => [parameter.getAttribute('name'), parameter.getAttribute('value')]);
+    start = {accountSid, streamSid: sid('MZ'), callSid, tracks: ['inbound'],
+             mediaFormat: {encoding: 'audio/x-mulaw', sampleRate: 8000, channels: 1},
+             customParameters: Object.fromEntries(parameters)};
+    // The TwiML says wss:// for Twilio; the page takes its path on its own origin.
+    const path = new URL(stream.getAttribute('url')).pathname;
+    socket = new WebSocket(location.origin.replace('http', 'ws') + path);
+    socket.onopen = answered;
+    socket.onmessage = message => hear(JSON.parse(message.data));
+    socket.onclose = () => end('the bridge hung up (its log says why)');
+  } catch (error) {
+    end(error.message);
+  }
+}
+
+function answered() {  // as Twilio: connected, start, then a frame every 20 ms
+  socket.send(JSON.stringify({event: 'connected', protocol: 'Call', version: '1.0.0'}));
+  send('start', {start});
+  [streamStart, chunk, heard] = [audio.currentTime, 0, []];
+  [playing, playEnd, marks] = [new Set(), 0, []];
+  const frames = audio.createScriptProcessor(256, 1, 1);  // 32 ms of samples at a time
+  frames.onaudioprocess = event => listen(event.inputBuffer.getChannelData(0));
+  audio.createMediaStreamSource(microphone).connect(frames).connect(audio.destination);
+  hangUpButton.disabled = false;
+  status.textContent = 'Talking';
+}
+
+function send(event, fields) {
+  if (socket?.readyState !== WebSocket.OPEN) return;
+  socket.send(JSON.stringify({event, streamSid: start.streamSid, ...fields}));
+}
+
+function listen(samples) {  // the microphone's samples go out in frames of 160
+  heard.push(...samples);
+  while (heard.length >= 160) {
+    const payload = btoa(String.fromCharCode(...heard.splice(0, 160).map(encodeMulaw)));
+    // The stream's clock is the audio clock, which playback runs on too.
+    const timestamp = String(Math.round((audio.currentTime - streamStart) * 1000));
+    chunk += 1;
+    const media = {track: 'inbound', chunk: String(chunk), timestamp, payload};
+    send('media', {media});
+  }
+  echoPlayedMarks();
+}
+
+function hear(message) {  // from the bridge: media, mark or clear
+  if (message.event === 'media') play(message.media.payload);
+  if (message.event === 'mark') marks.push({name: message.mark.name, at: playEnd});
+  if (message.event === 'clear') {  // as Twilio: silence at once, and every mark back
+    playing.forEach(source => source.stop());
+    marks.forEach(mark => mark.at = 0);
+    playEnd = 0;
+  }
+  echoPlayedMarks();
+}
+
+function play(payload) {  // after the audio queued: in order, without gaps
+  const samples = Array.from(atob(payload), byte => decodeMulaw(byte.charCodeAt(0)));
+  const buffer = new AudioBuffer({length: samples.length, sampleRate: 8000});
+  buffer.getChannelData(0).set(samples);
+  const source = new AudioBufferSourceNode(audio, {buffer});
+  source.connect(audio.destination);
+  playEnd = Math.max(playEnd, audio.currentTime);
+  source.start(playEnd);
+  playEnd += buffer.duration;
+  playing.add(source);
+  source.onended = () => playing.delete(source);
+}
+
+function echoPlayedMarks() {  // as Twilio: once the audio sent before it has played
+  while (marks.length && marks[0].at <= audio.currentTime) {
+    send('mark', {mark: {name: marks.shift().name}});
+  }
+}
+
+function hangUp() {
+  send('stop', {stop: {accountSid: start.accountSid, callSid: start.callSid}});
+  end('you hung up');
+}
+
+function end(why) {
+  if (socket) socket.onclose = null;  // closed here: not a second end
+  socket?.close();
+  microphone?.getTracks().forEach(track => track.stop());
+  audio?.close();
+  callButton.disabled = false;
+  hangUpButton.disabled = true;
+  status.textContent = `Call ended: ${why}`;
+}
+
+for (const key of document.querySelectorAll('button:not([class])')) {  // the keypad
+  const dtmf = {track: 'inbound_track', digit: key.textContent};
+  key.onclick = () => send('dtmf', {dtmf});
+}
+</script>
+"""
 
 if __name__ == "__main__":
     main()
