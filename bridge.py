@@ -16,6 +16,7 @@
 # an OpenAI session still billed.
 #
 # Run it:        OPENAI_API_KEY=sk-... python bridge.py
+# Talk to it:    open http://localhost:8080/phone   (a browser plays Twilio)
 # Place a call:  python bridge.py call +15551234567   (with the Twilio settings)
 # More cores:    gunicorn 'bridge:create_app()' --worker-class aiohttp.GunicornWebWorker
 # Settings are environment variables, each a field of Config below.
@@ -70,6 +71,7 @@ SECRET = "[!-~]+"  # a key or token: printable ASCII, no spaces
 # These transcription models take `languages` and `keywords`; older ones a `language`.
 NEW_TRANSCRIBERS = ("gpt-transcribe", "gpt-live-transcribe")
 VOICEMAIL = "a short message: who is calling, why, and how to call back"
+VOICES = "alloy|ash|ballad|coral|echo|sage|shimmer|verse|marin|cedar"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -87,7 +89,7 @@ def setting(default: Any, allowed: str | range = ".+", says: str = "") -> Any:
 @dataclass(frozen=True)
 class Config:
     openai_api_key: str = setting("", SECRET, "no spaces or line breaks")
-    openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "a wss:// URL")
+    openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "wss:// or ws:// URL")
     openai_model: str = setting("gpt-realtime-2.1")
     port: int = setting(8080, range(1, 65536))
     # Unset: all interfaces with TWILIO_AUTH_TOKEN set, else only this machine.
@@ -98,7 +100,7 @@ class Config:
     )
     # Set: requests must carry Twilio's signature.
     twilio_auth_token: str = setting("", SECRET, "no spaces or line breaks")
-    voice: str = setting("marin", "[a-z]+", "a voice's name, e.g. marin")
+    voice: str = setting("marin", VOICES)
     instructions: str = setting(DEFAULT_INSTRUCTIONS, "(?s).+")  # lines allowed
     transcript_dir: str = setting("")  # set: one JSON Lines transcript per call
     turn_detection: str = setting("server_vad", "server_vad|semantic_vad")
@@ -625,6 +627,11 @@ def printable(value: object, limit: int = 80) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 call', '2 calls': log lines that read as English."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class CallLog(logging.LoggerAdapter):
     # Starts every line with the call's id, to follow one call in a busy log, and logs
     # only the first few warnings of a kind: a peer could repeat one forever.
@@ -772,6 +779,7 @@ class Call:
         self.turns: list[str] = []  # every turn, "caller: …" or "agent: …"
         self.started = time.monotonic()
         self.speech_stopped_at: float | None = None
+        self.caller_turns = 0  # each end of the caller's speech, each key pressed
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
         self.transferred = False  # a call is transferred once at most
@@ -978,7 +986,7 @@ class Call:
             if not await self.open_session():
                 return
             ms, turns = (time.monotonic() - began) * 1000, len(self.history)
-            self.log.info("session renewed in %.0f ms, %d turns replayed", ms, turns)
+            self.log.info("session renewed in %.0f ms, turns replayed: %d", ms, turns)
 
     async def on_openai_event(self, event: dict) -> None:
         kind = event["type"]
@@ -989,6 +997,7 @@ class Call:
             await self.interrupt()
         elif kind == "input_audio_buffer.speech_stopped":
             self.speech_stopped_at = time.monotonic()
+            self.caller_turns += 1
         elif kind == "input_audio_buffer.timeout_triggered":
             self.log.info("the caller is silent: the agent speaks up")
         elif kind == "response.function_call_arguments.done":
@@ -1090,6 +1099,7 @@ class Call:
     async def on_keypress(self, digit: str) -> None:
         """A keypad press is a turn too: it interrupts, then the model answers."""
         self.log.info("caller pressed %s", digit)
+        self.caller_turns += 1
         await self.interrupt()
         text = f"The caller pressed {digit} on the keypad."
         await self.send_openai(message_item("user", text))
@@ -1191,12 +1201,13 @@ class Call:
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
-        median = statistics.median(self.latencies_ms) if self.latencies_ms else 0
+        median = statistics.median(self.latencies_ms) if self.latencies_ms else None
         hidden = sum(max(0, n - WARNINGS_SHOWN) for n in self.log.warnings.values())
         return (
-            f"call ended after {seconds:.0f} s: {len(self.latencies_ms)} turns, "
-            f"median reply latency {median:.0f} ms, {self.barge_ins} barge-ins"
-            + (f", {hidden} repeated warnings not shown" if hidden else "")
+            f"call ended after {seconds:.0f} s: {plural(self.caller_turns, 'turn')}, "
+            + (f"median reply latency {median:.0f} ms, " if median is not None else "")
+            + plural(self.barge_ins, "barge-in")
+            + (f", {plural(hidden, 'repeated warning')} not shown" if hidden else "")
         )
 
     # -- After the call --------------------------------------------------------
@@ -1376,6 +1387,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(status, status=503 if draining else 200)
 
 
+async def phone(request: web.Request) -> web.Response:
+    """A phone in the browser (PHONE_PAGE): it plays Twilio, so no number is needed."""
+    return web.Response(text=PHONE_PAGE, content_type="text/html")
+
+
 async def drain(app: web.Application) -> None:
     """Take no new calls, and let the live ones end on their own, up to the drain's
     end (DRAIN_SECONDS from its start)."""
@@ -1384,11 +1400,11 @@ async def drain(app: web.Application) -> None:
     if app[DRAIN].until is None:  # not begun yet: begin it
         app[DRAIN].until = loop.time() + seconds
         if seconds:
-            log.info("draining: %d calls, for up to %d s", len(calls), seconds)
+            log.info("draining: %s for up to %d s", plural(len(calls), "call"), seconds)
     report = loop.time() + DRAIN_REPORT
     while (calls or app[REPORTS]) and loop.time() < app[DRAIN].until:
         if loop.time() >= report:
-            log.info("draining: %d calls left", len(calls))
+            log.info("draining: %s left", plural(len(calls), "call"))
             report += DRAIN_REPORT
         await asyncio.sleep(0.1)
 
@@ -1397,7 +1413,7 @@ async def close_calls(app: web.Application) -> None:
     """On shutdown, once the drain is over, hang up every call on both sides."""
     await drain(app)  # under gunicorn, its worker's shutdown is the drain
     if app[CALLS]:
-        log.info("shutting down: closing %d calls", len(app[CALLS]))
+        log.info("shutting down: closing %s", plural(len(app[CALLS]), "call"))
     tasks = [call.task for call in app[CALLS].values()]
     for task in [*tasks, *app[STARTING]]:  # and streams still waiting for `start`
         task.cancel()  # run() closes both sides on its way out
@@ -1458,6 +1474,8 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/amd", amd)
     app.router.add_get("/media", media)
     app.router.add_get("/health", health)
+    if not config.twilio_auth_token:  # unsigned streams are taken: a dev box
+        app.router.add_get("/phone", phone)
     return app
 
 
@@ -1493,6 +1511,8 @@ async def serve(app: web.Application) -> None:
         await runner.cleanup()
         fail(f"cannot listen on {where} port {config.port}: {exc.strerror}")
     log.info("listening on %s port %d, model %s", where, config.port, model)
+    if not config.twilio_auth_token:
+        log.info("open http://localhost:%d/phone to talk to the agent", config.port)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
     signalled, loop = asyncio.Event(), asyncio.get_running_loop()
@@ -1588,11 +1608,187 @@ def fail(message: str) -> NoReturn:
     sys.exit(3)  # to gunicorn a worker's boot error: it halts, not restarts it
 
 
+USAGE = "usage: python bridge.py [call NUMBER]: serve calls, or have Twilio call NUMBER"
+
+
 def main() -> None:
     if sys.argv[1:2] == ["call"]:
         return call_command(settings(), sys.argv[2:])
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        return print(USAGE)
+    if sys.argv[1:]:  # a typo must not start a server
+        sys.exit(USAGE)
     asyncio.run(serve(create_app()))
 
+
+# ----------------------------------------------------------------------------
+# The phone page: a browser that plays Twilio, to talk to the agent on a dev box
+
+PHONE_PAGE = """\
+<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>Call the agent</title>
+<style>
+  * { font: 16px system-ui; text-align: center; }
+  main { display: grid; grid-template-columns: repeat(3, 64px); gap: 14px; width: 220px;
+         margin: 40px auto; padding: 28px; border-radius: 40px; background: #222; }
+  output { grid-column: span 3; padding: 14px 0; border-radius: 9px; background: #cdc; }
+  button { height: 64px; border: 0; border-radius: 50%; color: #fff; background: #444; }
+  button:disabled { opacity: 0.3; }
+  .call { background: #2a4; }
+  .hang-up { grid-column: 3; background: #d33; }
+</style>
+<main>
+  <output>Ready to call</output>
+  <button>1</button><button>2</button><button>3</button>
+  <button>4</button><button>5</button><button>6</button>
+  <button>7</button><button>8</button><button>9</button>
+  <button>*</button><button>0</button><button>#</button>
+  <button class="call" onclick="call()">Call</button>
+  <button class="hang-up" onclick="hangUp()" disabled>Hang up</button>
+</main>
+<script>
+// To the bridge this page is Twilio: it posts the webhook, opens the stream the TwiML
+// names and speaks Twilio's messages, so a call from here runs the code a phone call
+// does. Its AudioContext runs at 8 kHz, so the browser resamples both ways.
+const status = document.querySelector('output');
+const callButton = document.querySelector('.call');
+const hangUpButton = document.querySelector('.hang-up');
+let audio, microphone, socket, start, streamStart, chunk, heard;
+let playing, playEnd, marks;  // the agent's audio: sources, where it ends, marks
+const sid = prefix => prefix + crypto.randomUUID().replaceAll('-', '');  // + 32 hex
+
+// G.711 mu-law, the phone network's 8-bit audio, which Twilio and the agent speak.
+function encodeMulaw(sample) {  // -1..1 to a byte
+  const sign = sample < 0 ? 0x80 : 0;
+  const magnitude = Math.min(Math.abs(sample) * 32768, 32635) + 0x84;  // clip, bias
+  const exponent = 24 - Math.clz32(magnitude);  // its top bit, 7 to 14, as 0 to 7
+  const mantissa = (magnitude >> (exponent + 3)) & 0x0f;
+  return ~(sign | (exponent << 4) | mantissa) & 0xff;
+}
+
+function decodeMulaw(byte) {  // a byte to -1..1
+  byte = ~byte;
+  const exponent = (byte >> 4) & 7, mantissa = byte & 0x0f;
+  const magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+  return (byte & 0x80 ? -magnitude : magnitude) / 32768;
+}
+
+async function call() {
+  callButton.disabled = true;
+  status.textContent = 'Calling…';
+  socket = microphone = audio = undefined;  // the last call's are closed
+  try {
+    // The microphone first: if it is refused, no webhook opens a session for nobody.
+    microphone = await navigator.mediaDevices.getUserMedia({audio: true});
+    audio = new AudioContext({sampleRate: 8000});
+    const callSid = sid('CA'), accountSid = sid('AC');
+    const body = new URLSearchParams({CallSid: callSid, AccountSid: accountSid,
+      From: 'client:browser', To: 'client:agent', Direction: 'inbound',
+      CallStatus: 'ringing'});
+    const answer = await fetch('/incoming', {method: 'POST', body});
+    const twiml = new DOMParser().parseFromString(await answer.text(), 'text/xml');
+    const stream = twiml.querySelector('Stream');
+    if (!answer.ok || !stream) throw new Error(`the webhook answered ${answer.status}`);
+    const parameters = Array.from(stream.children,  // its <Parameter>s
+      parameter => [parameter.getAttribute('name'), parameter.getAttribute('value')]);
+    start = {accountSid, streamSid: sid('MZ'), callSid, tracks: ['inbound'],
+             mediaFormat: {encoding: 'audio/x-mulaw', sampleRate: 8000, channels: 1},
+             customParameters: Object.fromEntries(parameters)};
+    // The TwiML says wss:// for Twilio; the page takes its path on its own origin.
+    const path = new URL(stream.getAttribute('url')).pathname;
+    socket = new WebSocket(location.origin.replace('http', 'ws') + path);
+    socket.onopen = answered;
+    socket.onmessage = message => hear(JSON.parse(message.data));
+    socket.onclose = () => end('the bridge hung up (its log says why)');
+  } catch (error) {
+    end(error.message);
+  }
+}
+
+function answered() {  // as Twilio: connected, start, then a frame every 20 ms
+  socket.send(JSON.stringify({event: 'connected', protocol: 'Call', version: '1.0.0'}));
+  send('start', {start});
+  [streamStart, chunk, heard] = [audio.currentTime, 0, []];
+  [playing, playEnd, marks] = [new Set(), 0, []];
+  const frames = audio.createScriptProcessor(256, 1, 1);  // 32 ms of samples at a time
+  frames.onaudioprocess = event => listen(event.inputBuffer.getChannelData(0));
+  audio.createMediaStreamSource(microphone).connect(frames).connect(audio.destination);
+  hangUpButton.disabled = false;
+  status.textContent = 'Talking';
+}
+
+function send(event, fields) {
+  if (socket?.readyState !== WebSocket.OPEN) return;
+  socket.send(JSON.stringify({event, streamSid: start.streamSid, ...fields}));
+}
+
+function listen(samples) {  // the microphone's samples go out in frames of 160
+  heard.push(...samples);
+  while (heard.length >= 160) {
+    const payload = btoa(String.fromCharCode(...heard.splice(0, 160).map(encodeMulaw)));
+    // The stream's clock is the audio clock, which playback runs on too.
+    const timestamp = String(Math.round((audio.currentTime - streamStart) * 1000));
+    chunk += 1;
+    const media = {track: 'inbound', chunk: String(chunk), timestamp, payload};
+    send('media', {media});
+  }
+  echoPlayedMarks();
+}
+
+function hear(message) {  // from the bridge: media, mark or clear
+  if (message.event === 'media') play(message.media.payload);
+  if (message.event === 'mark') marks.push({name: message.mark.name, at: playEnd});
+  if (message.event === 'clear') {  // as Twilio: silence at once, and every mark back
+    playing.forEach(source => source.stop());
+    marks.forEach(mark => mark.at = 0);
+    playEnd = 0;
+  }
+  echoPlayedMarks();
+}
+
+function play(payload) {  // after the audio queued: in order, without gaps
+  const samples = Array.from(atob(payload), byte => decodeMulaw(byte.charCodeAt(0)));
+  const buffer = new AudioBuffer({length: samples.length, sampleRate: 8000});
+  buffer.getChannelData(0).set(samples);
+  const source = new AudioBufferSourceNode(audio, {buffer});
+  source.connect(audio.destination);
+  playEnd = Math.max(playEnd, audio.currentTime);
+  source.start(playEnd);
+  playEnd += buffer.duration;
+  playing.add(source);
+  source.onended = () => playing.delete(source);
+}
+
+function echoPlayedMarks() {  // as Twilio: once the audio sent before it has played
+  while (marks.length && marks[0].at <= audio.currentTime) {
+    send('mark', {mark: {name: marks.shift().name}});
+  }
+}
+
+function hangUp() {
+  send('stop', {stop: {accountSid: start.accountSid, callSid: start.callSid}});
+  end('you hung up');
+}
+
+function end(why) {
+  if (socket) socket.onclose = null;  // closed here: not a second end
+  socket?.close();
+  microphone?.getTracks().forEach(track => track.stop());
+  audio?.close();
+  callButton.disabled = false;
+  hangUpButton.disabled = true;
+  status.textContent = `Call ended: ${why}`;
+}
+
+for (const key of document.querySelectorAll('button:not([class])')) {  // the keypad
+  const dtmf = {track: 'inbound_track', digit: key.textContent};
+  key.onclick = () => send('dtmf', {dtmf});
+}
+</script>
+"""
 
 if __name__ == "__main__":
     main()

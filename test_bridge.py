@@ -19,17 +19,22 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import logging
+import math
 import os
 import pathlib
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import wave
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -1218,7 +1223,8 @@ async def test_tools_are_declared_in_the_session_update():
         await w.call()
         session = await w.openai.session()
         tools = {t["name"]: t for t in (await session.next())["session"]["tools"]}
-        assert set(tools) == {"current_time", "end_call"}
+        # The built-in ones: a tool of your own, added as the README shows, joins them.
+        assert {"current_time", "end_call"} <= set(tools)
         for declared in tools.values():
             assert declared["type"] == "function"
             assert (
@@ -1487,9 +1493,11 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, 
     assert f"{tag} caller: My name is Ada." in caplog.text
     assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
     assert caplog.text.count(f"{tag} reply latency") == 1
-    assert (
-        "1 turns, median reply latency" in caplog.text and "1 barge-ins" in caplog.text
+    summary = (
+        rf"\[{CA1}\] call ended after \d+ s: 1 turn, median reply latency \d+ ms, "
     )
+    summary += "1 barge-in"
+    assert re.fullmatch(summary, summary_of(caplog))
     lines = (tmp_path / f"{twilio.call_sid}.jsonl").read_text().splitlines()
     turns = [json.loads(line) for line in lines]
     assert [(t["role"], t["text"]) for t in turns] == [
@@ -1512,6 +1520,29 @@ async def test_a_hostile_call_sid_cannot_write_outside_the_transcript_dir(tmp_pa
         await transcribed(session, "user", "Hello?")
         await call_goes_on(twilio, session)
     assert [p.name for p in tmp_path.rglob("*.jsonl")] == [f"{sid('CA', 2)}.jsonl"]
+
+
+def summary_of(caplog) -> str:
+    """The summary line a call logs when it ends (one call, one line)."""
+    [line] = [message for message in caplog.messages if "call ended after" in message]
+    return line
+
+
+@async_test
+async def test_a_summary_counts_the_callers_turns_even_when_no_reply_came(caplog):
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        for _ in range(2):  # the caller speaks twice; the model says nothing
+            await session.send(type="input_audio_buffer.speech_stopped", audio_end_ms=0)
+        await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": "1"})
+        await session.next_of("response.create")  # the keypress was seen
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await wound_down(w.app)
+    summary = (
+        rf"\[{CA1}\] call ended after \d+ s: 3 turns, 0 barge-ins"  # no median of none
+    )
+    assert re.fullmatch(summary, summary_of(caplog))
 
 
 @async_test
@@ -1606,7 +1637,9 @@ async def test_an_expired_session_is_renewed_with_the_conversation_so_far(caplog
         ]
         assert tags == ["during"] * 5 + ["after"]
         assert not twilio.ws.closed
-        assert "session renewed in" in caplog.text and "4 turns replayed" in caplog.text
+        assert (
+            "session renewed in" in caplog.text and "turns replayed: 4" in caplog.text
+        )
 
 
 @async_test
@@ -2401,6 +2434,20 @@ def test_every_bad_setting_is_named_at_once_with_what_is_allowed():
         )
     assert "PORT='abc' is not allowed: a whole number from 1 to 65535" in lines
     assert "TURN_DETECTION='fast' is not allowed: server_vad or semantic_vad" in lines
+    url = "OPENAI_REALTIME_URL='https://api.openai.com' is not allowed: wss:// or ws://"
+    assert any(line.startswith(url) for line in lines)  # ws:// points tests at a fake
+
+
+def test_voice_is_one_of_openais_voices_and_a_wrong_one_is_told_them_all():
+    for voice in "alloy ash ballad coral echo sage shimmer verse marin cedar".split():
+        assert bridge.Config.from_env({"VOICE": voice}).voice == voice
+    for wrong in ("foo", "Marin"):
+        with pytest.raises(ValueError) as problem:
+            bridge.Config.from_env({"VOICE": wrong})
+        assert str(problem.value) == (
+            f"VOICE={wrong!r} is not allowed: alloy or ash or ballad or coral or echo "
+            "or sage or shimmer or verse or marin or cedar"
+        )
 
 
 @pytest.mark.parametrize(
@@ -2705,6 +2752,20 @@ async def test_the_call_command_says_why_when_the_api_is_unreachable():
     code, out, err = await run_bridge("call", "+15551234567", **settings)
     assert code != 0 and "Traceback" not in err
     assert err.startswith("Twilio's API did not answer") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "arguments, status", [(["--help"], 0), (["-h"], 0), (["--port", "9000"], 1)]
+)
+@async_test
+async def test_help_or_an_unknown_argument_prints_the_usage_and_serves_nothing(
+    arguments, status
+):
+    port = str(free_port())  # with a key and a port, a server would run, not exit
+    code, out, err = await run_bridge(*arguments, OPENAI_API_KEY="sk-test", PORT=port)
+    assert code == status
+    usage = "usage: python bridge.py [call NUMBER]: serve calls, or have Twilio call"
+    assert (out if status == 0 else err).startswith(usage)
 
 
 @async_test
@@ -3118,7 +3179,7 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
         late_session = await bridge_process.openai.session()  # opened at the webhook
         twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
-        await bridge_process.logged("draining: 2 calls, for up to 60 s")
+        await bridge_process.logged("draining: 2 calls for up to 60 s")
         await call_goes_on(twilio, session)  # audio flows both ways
         await say(session, "item_A", "a1")
         await expect(twilio, "media a1")
@@ -3162,7 +3223,7 @@ async def test_at_the_drains_deadline_the_calls_left_are_hung_up():
     async with running_bridge(DRAIN_SECONDS="1") as bridge_process:
         twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
-        await bridge_process.logged("draining: 1 calls")
+        await bridge_process.logged("draining: 1 call for")
         await twilio.wait_closed()  # a close frame on both sides
         await session.wait_closed()
         assert await bridge_process.exit_code() == 0
@@ -3176,7 +3237,7 @@ async def test_a_second_signal_during_a_drain_hangs_up_at_once(second):
     async with running_bridge(DRAIN_SECONDS="600") as bridge_process:
         twilio, session = await bridge_process.answered_call(1)
         bridge_process.proc.send_signal(signal.SIGTERM)
-        await bridge_process.logged("draining: 1 calls")
+        await bridge_process.logged("draining: 1 call for")
         bridge_process.proc.send_signal(second)
         await twilio.wait_closed()
         await session.wait_closed()
@@ -3189,7 +3250,7 @@ async def test_a_drain_logs_how_many_calls_are_left(monkeypatch, caplog):
     async with world(drain_seconds=60) as w:
         twilio, session = await w.answered_call()
         draining = asyncio.create_task(bridge.drain(w.app))
-        await logged(caplog, "draining: 1 calls left")
+        await logged(caplog, "draining: 1 call left")
         await twilio.send(event="stop", stop={})
         await twilio.wait_closed()
         await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
@@ -3234,7 +3295,7 @@ async def test_a_gunicorn_drain_keeps_a_call_flowing_both_ways_to_its_end():
     async with running_bridge(*GUNICORN, DRAIN_SECONDS="30") as workers:
         twilio, session = await workers.answered_call(1)
         workers.proc.send_signal(signal.SIGTERM)
-        await workers.logged("draining: 1 calls, for up to 30 s")
+        await workers.logged("draining: 1 call for up to 30 s")
         for i in range(100):  # two seconds of a caller talking, at Twilio's pace
             await twilio.speak(f"f{i}")
             await asyncio.sleep(0.02)
@@ -3749,3 +3810,272 @@ async def test_an_unwritable_report_is_logged_and_still_handed_on(caplog, monkey
         await reported(w)
     assert "report not written" in caplog.text
     assert handed_on[0]["lead_score"] == 80
+
+
+# ============================== The phone page: a browser that plays Twilio
+
+
+@async_test
+async def test_the_phone_page_is_served_only_while_twilio_auth_token_is_unset():
+    async with world() as w:
+        page = await w.client.get("/phone")
+        assert page.status == 200 and page.content_type == "text/html"
+        assert "<title>Call the agent</title>" in await page.text()
+        assert (await w.client.post("/phone")).status == 405
+    async with world(twilio_auth_token=TOKEN) as w:  # Twilio's, and only Twilio's
+        for method in ("GET", "HEAD", "POST"):
+            assert (await w.client.request(method, "/phone")).status == 404
+
+
+@async_test
+async def test_start_up_says_where_to_talk_to_the_agent_unless_signatures_are_on():
+    async with running_bridge(TWILIO_AUTH_TOKEN="") as bridge_process:
+        line = await bridge_process.logged("/phone")
+        url = f"http://localhost:{bridge_process.port}/phone"
+        assert line.endswith(f"open {url} to talk to the agent\n")
+    async with running_bridge(TWILIO_AUTH_TOKEN=TOKEN) as bridge_process:
+        await bridge_process.logged("set your Twilio number's voice webhook")
+        assert not [line for line in bridge_process.lines if "/phone" in line]
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's: playwright cannot fetch its own here
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # A microphone that plays a WAV file, and no prompt to allow it.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+HEARD_WITHIN = 0.3  # seconds: a mark's echo is this close to when its audio has played
+# A spy on the page's audio: when each piece of the agent's voice is set to play.
+AUDIO_SPY = """{
+  const start = AudioBufferSourceNode.prototype.start;
+  window.scheduled = [];
+  AudioBufferSourceNode.prototype.start = function (when) {
+    scheduled.push([when, this.buffer.duration]);
+    return start.call(this, when);
+  };
+}"""
+
+
+@pytest.fixture
+def chromium():
+    """playwright's async_playwright, or a skip (a failure in CI) without a browser."""
+    missing = []
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        missing.append("playwright (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if missing and os.environ.get("CI"):
+        pytest.fail("the browser test needs " + " and ".join(missing))
+    if missing:
+        pytest.skip("the browser test needs " + " and ".join(missing))
+    return async_playwright
+
+
+def caller_wav(path: pathlib.Path) -> None:
+    """A caller who says "ah" for 250 ms and pauses for 150, again and again. (A
+    steady tone is not speech: the browser's noise suppression would fade it out.)"""
+    rate = 48000
+    samples = [
+        int(12000 * math.sin(2 * math.pi * 220 * i / rate)) if i % 19200 < 12000 else 0
+        for i in range(rate)
+    ]
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(struct.pack(f"<{len(samples)}h", *samples))
+
+
+def loudness(payload: str) -> float:
+    """The RMS of base64 mu-law audio, decoded as G.711 says, on a 16-bit scale."""
+    samples = []
+    for byte in base64.b64decode(payload):
+        byte = ~byte & 0xFF
+        exponent, mantissa = (byte >> 4) & 7, byte & 0x0F
+        magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+        samples.append(-magnitude if byte & 0x80 else magnitude)
+    return math.sqrt(sum(sample * sample for sample in samples) / len(samples))
+
+
+class Wiretap:
+    """What a page sends on its WebSockets, each message with when it was sent."""
+
+    def __init__(self, page) -> None:
+        self.messages: asyncio.Queue[tuple[float, dict]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def sent(payload: str) -> None:
+            self.messages.put_nowait((loop.time(), json.loads(payload)))
+
+        page.on("websocket", lambda socket: socket.on("framesent", sent))
+
+    async def next(self, event: str) -> tuple[float, dict]:
+        """The next message of this kind (those of other kinds are passed over)."""
+        while True:
+            when, message = await asyncio.wait_for(self.messages.get(), TIMEOUT)
+            if message["event"] == event:
+                return when, message
+
+
+async def caller_frames(session: Session, seconds: float) -> list[tuple[float, str]]:
+    """The caller's audio that reaches OpenAI in `seconds`, each with when it came."""
+    loop = asyncio.get_running_loop()
+    first = await session.next_of("input_audio_buffer.append")
+    frames = [(loop.time(), first["audio"])]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(frames[0][0] + seconds):
+            while True:
+                event = await session.next_of("input_audio_buffer.append")
+                frames.append((loop.time(), event["audio"]))
+    return frames
+
+
+async def dial(page) -> dict:
+    """Press Call; the webhook the page posted, as a form."""
+    async with page.expect_request("**/incoming") as webhook:
+        await page.get_by_role("button", name="Call", exact=True).click()
+    return dict(urllib.parse.parse_qsl((await webhook.value).post_data))
+
+
+@async_test
+async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog):
+    loop = asyncio.get_running_loop()
+    caller_wav(tmp_path / "caller.wav")
+    flags = [
+        *CHROMIUM_FLAGS,
+        f"--use-file-for-fake-audio-capture={tmp_path}/caller.wav",
+    ]
+    async with world() as w, chromium() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = await browser.new_page()
+        await page.add_init_script(AUDIO_SPY)
+        errors, tap = [], Wiretap(page)
+        page.on("pageerror", lambda error: errors.append(error))
+        await page.goto(str(w.client.make_url("/phone")))
+
+        # The webhook, as Twilio posts it, and the session it opens.
+        form = await dial(page)
+        assert set(form) == {"CallSid", "AccountSid", "From", "To", "Direction"} | {
+            "CallStatus"
+        }
+        assert re.fullmatch("CA[0-9a-f]{32}", form["CallSid"])
+        assert re.fullmatch("AC[0-9a-f]{32}", form["AccountSid"])
+        assert (form["From"], form["To"]) == ("client:browser", "client:agent")
+        assert (form["Direction"], form["CallStatus"]) == ("inbound", "ringing")
+        session = await w.openai.session()
+        update = await session.next()
+        about = "The caller's number is client:browser; they called client:agent."
+        assert update["session"]["instructions"].endswith(about)
+        assert await session.next() == {"type": "response.create"}
+
+        # The stream: connected, then start, with the TwiML's <Parameter>s.
+        _, connected = await tap.next("connected")
+        assert connected == {
+            "event": "connected",
+            "protocol": "Call",
+            "version": "1.0.0",
+        }
+        _, start = await tap.next("start")
+        stream_sid = start["streamSid"]
+        assert re.fullmatch("MZ[0-9a-f]{32}", stream_sid)
+        assert start["start"] == {
+            "accountSid": form["AccountSid"],
+            "streamSid": stream_sid,
+            "callSid": form["CallSid"],
+            "tracks": ["inbound"],
+            "mediaFormat": {
+                "encoding": "audio/x-mulaw",
+                "sampleRate": 8000,
+                "channels": 1,
+            },
+            "customParameters": {
+                "From": "client:browser",
+                "To": "client:agent",
+                "Direction": "inbound",
+            },
+        }
+        _, media = await tap.next("media")
+        assert media["streamSid"] == stream_sid and media["media"]["chunk"] == "1"
+        assert set(media["media"]) == {"track", "chunk", "timestamp", "payload"}
+        assert media["media"]["track"] == "inbound"
+
+        # The agent says one second; meanwhile, two seconds of the caller reach OpenAI.
+        said_at = loop.time()
+        await say(session, "item_hi", "hi", ms=1000)
+        await reply_done(session)
+        frames = await caller_frames(session, 2)
+        assert 90 <= len(frames) <= 110  # one per 20 ms
+        assert max(b - a for (a, _), (b, _) in itertools.pairwise(frames)) <= 0.2
+        assert {len(base64.b64decode(audio)) for _, audio in frames} == {160}
+        loud = [loudness(audio) for _, audio in frames]
+        assert sum(level > 1000 for level in loud) > len(loud) / 3  # "ah"
+        assert sum(level < 100 for level in loud) > len(loud) / 10  # the pauses
+        # The mark after that second comes back when it has played, not at once.
+        heard_at, mark = await tap.next("mark")
+        assert mark == {"event": "mark", "streamSid": stream_sid, "mark": {"name": "1"}}
+        assert abs(heard_at - said_at - 1) <= HEARD_WITHIN
+
+        # Three seconds more, and the caller talks over them after one and a half.
+        await say(session, "item_long", "l1", "l2", "l3", ms=1000)  # marks 2, 3, 4
+        await page.wait_for_function("playEnd - audio.currentTime <= 1.5")
+        pieces = await page.evaluate("scheduled.slice(-3)")
+        for (begins, length), (after, _) in itertools.pairwise(pieces):
+            assert after == pytest.approx(begins + length)  # in order, without gaps
+        played_ms = await page.evaluate("(3 - (playEnd - audio.currentTime)) * 1000")
+        await speech_started(session)
+        truncate = await session.next_of("conversation.item.truncate")
+        cleared_at = loop.time()
+        assert truncate["item_id"] == "item_long"
+        # The stream clock is the page's: the cut is where its playback was.
+        assert abs(truncate["audio_end_ms"] - played_ms) <= HEARD_WITHIN * 1000
+        assert (await tap.next("mark"))[1]["mark"]["name"] == "2"  # played
+        for name in ("3", "4"):  # queued: they come back at the clear, at once
+            flushed_at, mark = await tap.next("mark")
+            assert mark["mark"]["name"] == name
+            assert flushed_at - cleared_at <= HEARD_WITHIN
+
+        # A key reaches the model; Hang up ends its session.
+        await page.get_by_role("button", name="5", exact=True).click()
+        _, dtmf = await tap.next("dtmf")
+        assert dtmf["dtmf"] == {"track": "inbound_track", "digit": "5"}
+        pressed = await session.next_of("conversation.item.create")
+        assert (
+            pressed["item"]["content"][0]["text"]
+            == "The caller pressed 5 on the keypad."
+        )
+        await page.get_by_text("Talking").wait_for()
+        await page.screenshot(path=tmp_path / "phone.png")  # look at it
+        await page.get_by_role("button", name="Hang up").click()
+        _, stop = await tap.next("stop")
+        ids = {"accountSid": form["AccountSid"], "callSid": form["CallSid"]}
+        assert stop == {"event": "stop", "streamSid": stream_sid, "stop": ids}
+        await session.wait_closed()
+        await page.get_by_text("Call ended: you hung up").wait_for()
+
+        # A second call, with ids of its own, that the bridge ends.
+        again = await dial(page)
+        assert again["CallSid"] != form["CallSid"]
+        session = await w.openai.session()
+        await session.next_of("response.create")
+        await session.ws.close()  # OpenAI ends the session: the bridge hangs up
+        await page.get_by_text("Call ended: the bridge hung up").wait_for()
+
+        # A bridge that takes no calls: the page says why, and no session opens.
+        w.app[bridge.DRAIN].until = float("inf")
+        await dial(page)
+        await page.get_by_text("Call ended: the webhook answered 503").wait_for()
+        assert len(w.openai.sessions) == 2
+        await browser.close()
+    assert not errors
+    warnings = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)"]
