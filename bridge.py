@@ -48,7 +48,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from socket import SHUT_RDWR
 from typing import Any, NamedTuple, NoReturn
-from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 from zoneinfo import ZoneInfo
 
@@ -434,9 +433,7 @@ async def signed_form(request: web.Request) -> dict[str, str]:
     check_signature(request, public_base(request) + request.raw_path, form)
     account = request.app[CONFIG].twilio_account_sid
     if not re.fullmatch(CALL_SID, str(form.get("CallSid"))):
-        raise refusal(
-            request, web.HTTPBadRequest, "not a CallSid: %s", form.get("CallSid")
-        )
+        raise refusal(request, web.HTTPBadRequest, "no CallSid, or not one")
     if account and form.get("AccountSid") != account:
         raise refusal(request, web.HTTPBadRequest, "another account's call")
     return form
@@ -449,7 +446,7 @@ async def incoming(request: web.Request) -> web.Response:
     if app[DRAIN].until is not None:  # Twilio tries the fallback URL
         raise web.HTTPServiceUnavailable(text="draining: no new calls")
     # A replayed webhook must not mint a fresh proof for a call that has ended.
-    if call_sid in calls or not app[ONCE].add(call_sid):
+    if call_sid in calls or not first_time(app[ONCE], call_sid):
         raise refusal(request, web.HTTPForbidden, "%s was answered already", call_sid)
     if len(calls) >= app[CONFIG].max_calls:  # the caller hears busy; nothing billed
         app[REFUSALS].warning("a call refused: MAX_CALLS=%d reached", len(calls))
@@ -480,7 +477,7 @@ async def amd(request: web.Request) -> web.Response:
     process than the call's stream, so it acts through Twilio, not through memory."""
     form = await signed_form(request)
     call_sid, answered_by = form["CallSid"], printable(form.get("AnsweredBy"))
-    if not request.app[ONCE].add(f"amd {call_sid}"):  # a replay must change nothing
+    if not first_time(request.app[ONCE], f"amd {call_sid}"):  # a replay: no change
         raise refusal(request, web.HTTPForbidden, "%s was detected already", call_sid)
     call_log, path = CallLog(call_sid), f"Calls/{call_sid}.json"
     if answered_by.startswith("machine_end_"):  # its greeting and beep are over:
@@ -716,23 +713,20 @@ class Refusals:
             logging.getLogger("aiohttp.server").exception(msg, *args, exc_info=exc_info)
 
 
-class Recent:
-    """The newest REMEMBERED keys seen: a bounded memory of what came lately."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, None] = {}  # oldest first
-
-    def add(self, key: str) -> bool:
-        """Remember `key`; False if it was seen already."""
-        if key in self.seen:
-            return False
-        self.seen[key] = None
-        if len(self.seen) > REMEMBERED:
-            del self.seen[next(iter(self.seen))]
-        return True
+def first_time(seen: dict[str, None], key: str) -> bool:
+    """Remember `key` among the newest REMEMBERED seen (oldest first); False if it
+    was seen already."""
+    if key in seen:
+        return False
+    seen[key] = None
+    if len(seen) > REMEMBERED:
+        del seen[next(iter(seen))]
+    return True
 
 
 KEYPAD = set("0123456789*#ABCD")  # what a dtmf digit can be
+# What reading a malformed event raises: a missing key, a list for an object, ...
+MALFORMED = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
 
 
 class Call:
@@ -903,13 +897,7 @@ class Call:
         event = parse(msg, side, key, self.log)
         try:
             return event is not None and await act(event)
-        except (
-            LookupError,
-            TypeError,
-            ValueError,
-            AttributeError,
-            ArithmeticError,
-        ) as exc:
+        except MALFORMED as exc:
             kind, why = printable(event[key]), printable(repr(exc))
             self.log.warning("malformed %s %s ignored: %s", side, kind, why)
 
@@ -1139,7 +1127,7 @@ class Call:
 
     async def twilio_rest(self, path: str, form: dict) -> dict:
         """POST to this call's resource in Twilio's REST API (`path` after its id)."""
-        call = f"Calls/{quote(self.call_sid, safe='')}{path}"
+        call = f"Calls/{self.call_sid}{path}"  # a CallSid is letters and digits
         return await twilio_rest(self.app[HTTP], self.config, call, form)
 
     async def finish_speaking(self) -> None:
@@ -1265,7 +1253,7 @@ CONFIG = web.AppKey("config", Config)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 CALLS = web.AppKey("calls", dict)  # CallSid -> Call
 REFUSALS = web.AppKey("refusals", Refusals)
-ONCE = web.AppKey("once", Recent)  # CallSids answered and proofs used: once each
+ONCE = web.AppKey("once", dict)  # CallSids answered and proofs used: once each
 DRAIN = web.AppKey("drain", Drain)
 STARTING = web.AppKey("starting", set)  # streams waiting for `start`: media() tasks
 REPORTS = web.AppKey("reports", set)  # reports being made, of calls that ended
@@ -1325,7 +1313,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         pass
     elif token and not proof_ok(token, call_sid, proof):
         refused("[%s] stream refused: no valid proof", call_sid)
-    elif token and not app[ONCE].add(proof):  # a replay of a stream's start
+    elif token and not first_time(app[ONCE], proof):  # a replay of a stream's start
         refused("[%s] stream refused: its proof was used already", call_sid)
     elif call and call.twilio and not voicemail:
         refused("[%s] a second stream for the call refused", call_sid)
@@ -1464,7 +1452,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[log_wrong_requests], handler_args=server)
     app[CONFIG] = config
     app[CALLS] = {}
-    app[REFUSALS], app[ONCE] = refusals, Recent()
+    app[REFUSALS], app[ONCE] = refusals, {}
     app[DRAIN] = Drain()
     app[REPORTS], app[STARTING] = set(), set()
     app.cleanup_ctx.append(http_session)
@@ -1545,8 +1533,7 @@ class Worker(GunicornWebWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         if self.cfg.workers > 1:  # a webhook and its stream may reach two workers
-            config = replace(self.wsgi[CONFIG], greet_early=False)
-            self.wsgi[CONFIG] = config
+            self.wsgi[CONFIG] = replace(self.wsgi[CONFIG], greet_early=False)
 
     def handle_exit(self, sig: int, frame: Any) -> None:  # SIGTERM
         if self.draining is None:
