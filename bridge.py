@@ -18,7 +18,7 @@
 # Run it:        OPENAI_API_KEY=sk-... python bridge.py
 # Talk to it:    open http://localhost:8080/phone   (a browser plays Twilio)
 # Place a call:  python bridge.py call +15551234567   (with the Twilio settings)
-# More cores:    gunicorn 'bridge:create_app()' --worker-class aiohttp.GunicornWebWorker
+# More cores:    gunicorn 'bridge:create_app()' --worker-class bridge.Worker --workers 2
 # Settings are environment variables, each a field of Config below.
 
 from __future__ import annotations
@@ -376,7 +376,11 @@ def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
 
 def check_signature(request: web.Request, url: str, params: dict[str, str]) -> None:
     """Refuse (403) a request that Twilio did not sign, before any OpenAI cost."""
-    token = request.app[CONFIG].twilio_auth_token
+    token, origin = request.app[CONFIG].twilio_auth_token, request.headers.get("Origin")
+    if not token and origin not in (None, f"http://{request.host}"):
+        # Unsigned, a dev box: still, another web site open in its browser must
+        # not place calls on it (Twilio sends no Origin; the phone page its own).
+        raise refusal(request, web.HTTPForbidden, "from another site: %s", origin)
     if not token:
         return  # not configured: make_app warned at start-up
     given = request.headers.get("X-Twilio-Signature", "")

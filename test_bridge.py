@@ -2049,6 +2049,23 @@ async def test_refused_streams_that_never_answer_our_close_log_a_few_lines(
 
 
 @async_test
+async def test_without_signatures_another_web_site_cannot_place_calls(caplog):
+    async with world() as w:  # a dev box: the bridge takes unsigned requests
+        evil = {"Origin": "https://evil.example"}  # a page open in the browser
+        form = {"CallSid": CA1}
+        response = await w.client.post("/incoming", data=form, headers=evil)
+        assert response.status == 403
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await w.client.ws_connect("/media", headers=evil)
+        assert refused.value.status == 403
+        assert w.openai.sessions == []
+        assert "from another site: https://evil.example" in caplog.text
+        own = {"Origin": f"http://{w.client.host}:{w.client.port}"}  # the phone page
+        response = await w.client.post("/incoming", data=form, headers=own)
+        assert response.status == 200
+
+
+@async_test
 async def test_a_flood_of_unsigned_requests_adds_little_to_the_log(caplog):
     async with world(twilio_auth_token=TOKEN) as w:
         query = "x=" + "a" * 7000
