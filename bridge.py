@@ -675,10 +675,11 @@ async def close_socket(socket: Any, log: CallLog | Refusals) -> None:
         # aiohttp raises CancelledError when a send to this peer was cancelled before
         # (a pump's): that is no reason to stop, only a cancel of our own is.
         if asyncio.current_task().cancelling():
-            raise
+            raise asyncio.CancelledError from None
         log.info("a peer did not answer our close: connection dropped")
-    with contextlib.suppress(OSError, AttributeError):  # no socket, or closed already
-        raw.shutdown(SHUT_RDWR)
+    finally:
+        with contextlib.suppress(OSError, AttributeError):  # no socket, or closed
+            raw.shutdown(SHUT_RDWR)
 
 
 class Refusals:
@@ -821,13 +822,15 @@ class Call:
             tasks = [self.start(pump) for pump in pumps]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await self.close()
-            self.log.info(self.summary())
-            del self.app[CALLS][self.call_sid]
-            if self.config.report_model and self.stream_started is not None:
-                report = asyncio.create_task(self.report())  # after the hang-up
-                self.app[REPORTS].add(report)  # a drain waits for it
-                report.add_done_callback(self.app[REPORTS].discard)
+            try:
+                await self.close()
+            finally:  # even if cancelled while closing: the call is over
+                self.log.info(self.summary())
+                del self.app[CALLS][self.call_sid]
+                if self.config.report_model and self.stream_started is not None:
+                    report = asyncio.create_task(self.report())  # after the hang-up
+                    self.app[REPORTS].add(report)  # a drain waits for it
+                    report.add_done_callback(self.app[REPORTS].discard)
 
     async def greet(self) -> None:
         """The agent speaks first. On a call it placed, a person answers "Hello?":
@@ -842,9 +845,8 @@ class Call:
         """End the call on both sides. Safe to call more than once."""
         for task in list(self.tasks):
             task.cancel()
-        for socket in (self.openai, self.twilio):
-            if socket is not None:
-                await close_socket(socket, self.log)
+        sockets = [s for s in (self.openai, self.twilio) if s is not None]
+        await asyncio.gather(*(close_socket(socket, self.log) for socket in sockets))
 
     def start(self, coroutine: Any) -> asyncio.Task:
         """Run a coroutine beside the pumps; close() cancels it with the call."""

@@ -2540,8 +2540,11 @@ async def test_the_webhook_passes_the_calls_numbers_to_the_stream_escaped():
     ids=["inbound", "outbound", "odd-value", "none"],
 )
 @async_test
-async def test_the_model_hears_who_is_calling_before_it_greets(parameters, told):
-    async with world(instructions="Be brief.") as w:
+async def test_the_model_hears_who_is_calling_before_it_greets(
+    parameters, told, monkeypatch
+):
+    monkeypatch.setattr(bridge, "CALLEE_FIRST", 0.05)  # a call placed: the callee
+    async with world(instructions="Be brief.") as w:  # is silent, the agent speaks
         twilio = await w.call(start=False)
         await twilio.start(parameters)
         session = await w.openai.session()
@@ -3045,7 +3048,10 @@ def drained(session: Session) -> list[dict]:
 
 
 @async_test
-async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending():
+async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(bridge, "CLOSE_TIMEOUT", 0.1)  # the old stream reads nothing
     async with world(**REST) as w:
         first, first_session = await w.answered_call()  # call 1, still streaming
         w.calls = 0  # the redirected stream is call 1's again
@@ -3056,6 +3062,7 @@ async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending():
             "You reached voicemail" in (await session.next())["session"]["instructions"]
         )
         await call_goes_on(twilio, session)
+        assert "call ended after" in caplog.text  # the old one, summed up
 
 
 @async_test
