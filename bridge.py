@@ -94,9 +94,7 @@ class Config:
     # Unset: all interfaces with TWILIO_AUTH_TOKEN set, else only this machine.
     host: str = setting("", r"[\w.:-]+", "an address to listen on, e.g. 0.0.0.0")
     # The https address Twilio calls (a tunnel's); else the Host header's.
-    public_url: str = setting(
-        "", r"https://[\w.-]+(:[0-9]{1,5})?", "https:// and a host"
-    )
+    public_url: str = setting("", r"https://[\w.-]+(:[0-9]{1,5})?", "https://, a host")
     # Set: requests must carry Twilio's signature.
     twilio_auth_token: str = setting("", SECRET, "no spaces or line breaks")
     voice: str = setting("marin", VOICES)
@@ -377,7 +375,8 @@ def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
 def check_signature(request: web.Request, url: str, params: dict[str, str]) -> None:
     """Refuse (403) a request that Twilio did not sign, before any OpenAI cost."""
     token, origin = request.app[CONFIG].twilio_auth_token, request.headers.get("Origin")
-    if not token and origin not in (None, f"http://{request.host}"):
+    own = (None, f"http://{request.host}", f"https://{request.host}")
+    if not token and origin not in own:
         # Unsigned, a dev box: still, another web site open in its browser must
         # not place calls on it (Twilio sends no Origin; the phone page its own).
         raise refusal(request, web.HTTPForbidden, "from another site: %s", origin)
@@ -695,9 +694,7 @@ class Refusals:
         minute = int(time.monotonic() // REFUSALS_EVERY)
         if minute != self.minute:
             if self.hidden:
-                log.warning(
-                    "%d more refusals in the last minute not shown", self.hidden
-                )
+                log.warning("%d more refusals in the last minute", self.hidden)
             self.minute, self.shown, self.hidden = minute, Counter(), 0
         self.shown[msg] += 1
         if self.shown[msg] <= WARNINGS_SHOWN:
@@ -1274,9 +1271,8 @@ async def stream_start(twilio: web.WebSocketResponse, refusals: Refusals) -> dic
                 if event is None or event["event"] == "connected":
                     continue
                 if event["event"] != "start":
-                    refusals.warning(
-                        "%s before start ignored", printable(event["event"])
-                    )
+                    what = printable(event["event"])
+                    refusals.warning("%s before start ignored", what)
                 elif usable_start(event.get("start")):
                     return event["start"]
                 else:
@@ -1355,9 +1351,8 @@ async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         what = (request.method, printable(request.path), exc.reason)
-        request.app[REFUSALS].warning(
-            "%s %s: %s (the webhook is POST /incoming)", *what
-        )
+        why = "%s %s: %s (the webhook is POST /incoming)"
+        request.app[REFUSALS].warning(why, *what)
         raise
 
 
@@ -1450,17 +1445,10 @@ def make_app(config: Config) -> web.Application:
     # read for 10 s more.
     # keepalive_timeout: a connection that sends no request, or only half of one,
     # is closed after BODY_TIMEOUT (aiohttp's default is an hour).
-    server = {
-        "lingering_time": 0,
-        "keepalive_timeout": BODY_TIMEOUT,
-        "logger": refusals,
-    }
+    server = dict(lingering_time=0, keepalive_timeout=BODY_TIMEOUT, logger=refusals)
     app = web.Application(middlewares=[log_wrong_requests], handler_args=server)
-    app[CONFIG] = config
-    app[CALLS] = {}
-    app[REFUSALS], app[ONCE] = refusals, {}
-    app[DRAIN] = Drain()
-    app[REPORTS], app[STARTING] = set(), set()
+    app[CONFIG], app[REFUSALS], app[DRAIN] = config, refusals, Drain()
+    app[CALLS], app[ONCE], app[REPORTS], app[STARTING] = {}, {}, set(), set()
     app.cleanup_ctx.append(http_session)
     app.on_startup.append(quiet_accept_errors)
     app.on_shutdown.append(close_calls)
@@ -1490,10 +1478,8 @@ def create_app() -> web.Application:
 
 async def serve(app: web.Application) -> None:
     """Serve until a signal: SIGTERM drains first, Ctrl-C or a second signal not."""
-    config, runner = (
-        app[CONFIG],
-        web.AppRunner(app, access_log=None, handle_signals=False),
-    )
+    config = app[CONFIG]
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     # Without TWILIO_AUTH_TOKEN anyone who reaches the port opens sessions on your
     # bill: so only this machine, unless HOST says otherwise (a tunnel here reaches it).
