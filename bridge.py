@@ -94,7 +94,7 @@ class Config:
     # Unset: all interfaces with TWILIO_AUTH_TOKEN set, else only this machine.
     host: str = setting("", r"[\w.:-]+", "an address to listen on, e.g. 0.0.0.0")
     # The https address Twilio calls (a tunnel's); else the Host header's.
-    public_url: str = setting("", r"https://[\w.-]+(:[0-9]{1,5})?", "https://, a host")
+    public_url: str = setting("", r"https://[\w.-]+(:[0-9]+)?", "https://HOST[:PORT]")
     # Set: requests must carry Twilio's signature.
     twilio_auth_token: str = setting("", SECRET, "no spaces or line breaks")
     voice: str = setting("marin", VOICES)
@@ -148,7 +148,7 @@ class Config:
                 values[item.name] = converted
         config = cls(**values)
         port = config.public_url.rpartition(":")[2]
-        if port.isdigit() and not 0 < int(port) < 65536:
+        if port.isdigit() and (len(port) > 5 or not 0 < int(port) < 65536):
             problems.append("PUBLIC_URL's port is not allowed: 1 to 65535")
         if config.idle_timeout_seconds and config.turn_detection != "server_vad":
             problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
@@ -528,7 +528,10 @@ async def twilio_rest(
         raise TwilioError(f"Twilio's API did not answer: {printable(exc)}") from None
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
-        code, message = printable(error.get("code")), printable(error.get("message"))
+        code, message = (
+            printable(error.get("code")),
+            printable(error.get("message"), 300),
+        )
         raise TwilioError(f"Twilio refused (HTTP {response.status}): {code} {message}")
     return answer
 
