@@ -71,6 +71,8 @@ SECRET = "[!-~]+"  # a key or token: printable ASCII, no spaces
 NEW_TRANSCRIBERS = ("gpt-transcribe", "gpt-live-transcribe")
 VOICEMAIL = "a short message: who is calling, why, and how to call back"
 VOICES = "alloy|ash|ballad|coral|echo|sage|shimmer|verse|marin|cedar"
+# What Twilio's answering-machine detection says once a machine's beep has passed.
+MACHINE_ENDS = ("machine_end_beep", "machine_end_silence", "machine_end_other")
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly receptionist of a small business, answering the phone. "
     "Greet the caller warmly and ask how you can help. Keep every reply short: one "
@@ -375,10 +377,10 @@ def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
 def check_signature(request: web.Request, url: str, params: dict[str, str]) -> None:
     """Refuse (403) a request that Twilio did not sign, before any OpenAI cost."""
     token, origin = request.app[CONFIG].twilio_auth_token, request.headers.get("Origin")
-    own = (None, f"http://{request.host}", f"https://{request.host}")
-    if not token and origin not in own:
-        # Unsigned, a dev box: still, another web site open in its browser must
-        # not place calls on it (Twilio sends no Origin; the phone page its own).
+    local = re.fullmatch(r"(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?", request.host)
+    if not token and origin and (origin != f"http://{request.host}" or not local):
+        # Unsigned, a dev box: still, another web site open in its browser (or one
+        # whose name it points here) must not place calls. Twilio sends no Origin.
         raise refusal(request, web.HTTPForbidden, "from another site: %s", origin)
     if not token:
         return  # not configured: make_app warned at start-up
@@ -480,19 +482,20 @@ async def amd(request: web.Request) -> web.Response:
     process than the call's stream, so it acts through Twilio, not through memory."""
     form = await signed_form(request)
     call_sid, answered_by = form["CallSid"], printable(form.get("AnsweredBy"))
+    call_log, path = CallLog(call_sid), f"Calls/{call_sid}.json"
+    if answered_by not in MACHINE_ENDS + ("fax",):  # human, unknown, machine_start
+        call_log.info("answered by %s", answered_by)  # the call goes on
+        return web.Response()
     if not first_time(request.app[ONCE], f"amd {call_sid}"):  # a replay: no change
         raise refusal(request, web.HTTPForbidden, "%s was detected already", call_sid)
-    call_log, path = CallLog(call_sid), f"Calls/{call_sid}.json"
-    if answered_by.startswith("machine_end_"):  # its greeting and beep are over:
-        # a new stream, whose session leaves the message, replaces the call's.
+    if answered_by in MACHINE_ENDS:  # its greeting and beep are over: a new stream,
+        # whose session leaves the message, replaces the call's.
         call_log.info("answered by %s: leaving a voicemail", answered_by)
-        change = {"Twiml": stream_twiml(request, call_sid, {"Voicemail": answered_by})}
-    elif answered_by == "fax":
+        context = {"Direction": "outbound-api", "Voicemail": answered_by}
+        change = {"Twiml": stream_twiml(request, call_sid, context)}
+    else:
         call_log.info("answered by fax: hanging up")
         change = {"Status": "completed"}
-    else:  # human, unknown: the call goes on (machine_start: more comes later)
-        call_log.info("answered by %s", answered_by)
-        return web.Response()
     try:
         await twilio_rest(request.app[HTTP], request.app[CONFIG], path, change)
     except TwilioError as exc:
@@ -826,7 +829,8 @@ class Call:
                 await self.close()
             finally:  # even if cancelled while closing: the call is over
                 self.log.info(self.summary())
-                del self.app[CALLS][self.call_sid]
+                if self.app[CALLS].get(self.call_sid) is self:  # not its successor
+                    del self.app[CALLS][self.call_sid]
                 if self.config.report_model and self.stream_started is not None:
                     report = asyncio.create_task(self.report())  # after the hang-up
                     self.app[REPORTS].add(report)  # a drain waits for it
@@ -1542,6 +1546,8 @@ class Worker(GunicornWebWorker):
 
     def handle_quit(self, sig: int, frame: Any) -> None:  # SIGINT, SIGQUIT
         self.wsgi[DRAIN].until = 0
+        if self.draining:  # its last step is moot now
+            self.draining.cancel()
         super().handle_quit(sig, frame)
 
 

@@ -2060,12 +2060,14 @@ async def test_without_signatures_another_web_site_cannot_place_calls(caplog):
         assert refused.value.status == 403
         assert w.openai.sessions == []
         assert "from another site: https://evil.example" in caplog.text
-        host = f"{w.client.host}:{w.client.port}"
-        for number, scheme in ((1, "http"), (2, "https")):  # the page, or a tunnel's
-            own = {"Origin": f"{scheme}://{host}"}
-            form = {"CallSid": sid("CA", number)}
-            response = await w.client.post("/incoming", data=form, headers=own)
-            assert response.status == 200
+        # DNS rebinding: a site whose name points here sends its own Host and Origin.
+        host = f"evil.example:{w.client.port}"
+        rebound = {"Host": host, "Origin": f"http://{host}"}
+        response = await w.client.post("/incoming", data=form, headers=rebound)
+        assert response.status == 403
+        own = {"Origin": f"http://{w.client.host}:{w.client.port}"}  # the phone page
+        response = await w.client.post("/incoming", data=form, headers=own)
+        assert response.status == 200
 
 
 @async_test
@@ -2959,6 +2961,7 @@ async def test_a_machine_gets_a_new_stream_told_to_leave_a_voicemail(ending, cap
         twiml = form["Twiml"]
         assert twiml.startswith(
             '<Response><Connect><Stream url="wss://example.com/media">'
+            '<Parameter name="Direction" value="outbound-api"/>'
             f'<Parameter name="Voicemail" value="{ending}"/>'
             '<Parameter name="proof" value="'
         )
@@ -2975,18 +2978,27 @@ async def test_a_machine_gets_a_new_stream_told_to_leave_a_voicemail(ending, cap
         ("machine_start", None),  # DetectMessageEnd: the end comes later
         ("machine_end_other", "Twiml"),
         ("fax", {"Status": "completed"}),
+        ("machine_end_beep\nforged", None),  # not one of Twilio's: nothing done
     ],
 )
 @async_test
 async def test_each_answer_of_the_detection_is_acted_on(answered_by, change, caplog):
     async with world(**REST) as w:
         assert (await amd(w, answered_by)).status == 200
-        assert f"[{CA1}] answered by {answered_by}" in caplog.text
+        assert f"[{CA1}] answered by {bridge.printable(answered_by)}" in caplog.text
         if change is None:
             assert w.api.requests == []
         else:
             _, _, form = await w.api.request()
             assert form == change or set(form) == {change}
+
+
+@async_test
+async def test_a_machine_start_does_not_use_up_the_detections_one_act():
+    async with world(**REST) as w:
+        assert (await amd(w, "machine_start")).status == 200
+        assert (await amd(w, "machine_end_beep")).status == 200
+        assert len(w.api.requests) == 1
 
 
 @async_test
