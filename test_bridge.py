@@ -840,6 +840,7 @@ class Running:
     def __init__(self, proc, port: int, openai: FakeOpenAI, http) -> None:
         self.proc, self.port, self.openai, self.http = proc, port, openai, http
         self.lines: list[str] = []  # what it logged so far
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -856,8 +857,13 @@ class Running:
             await asyncio.sleep(0.05)
         raise AssertionError(f"never logged: {text}\n{''.join(self.lines)}")
 
+    async def stream(self, number: int) -> FakeTwilio:
+        """A Media Stream to the bridge (closed, if still open, when the test ends)."""
+        self.sockets.append(await self.http.ws_connect(self.url("/media")))
+        return FakeTwilio(self.sockets[-1], number)
+
     async def answered_call(self, number: int) -> tuple[FakeTwilio, Session]:
-        twilio = FakeTwilio(await self.http.ws_connect(self.url("/media")), number)
+        twilio = await self.stream(number)
         await twilio.start()
         session = await self.openai.session()
         assert (await session.next())["type"] == "session.update"
@@ -905,6 +911,8 @@ async def running_bridge(*command: str, **env: str):
                     proc.kill()
                     await proc.wait()
                 await reader
+                for ws in running.sockets:
+                    await ws.close()
 
 
 @async_test
@@ -3232,7 +3240,7 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
                 "calls": 2,
                 "max_calls": 300,
             }
-        late = FakeTwilio(await http.ws_connect(bridge_process.url("/media")), 0x1A7E)
+        late = await bridge_process.stream(0x1A7E)
         await late.start()  # the call answered before the SIGTERM connects
         await call_goes_on(late, late_session)
         for caller in (twilio, late):  # the calls end on their own
@@ -3245,7 +3253,7 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
 @async_test
 async def test_a_stream_still_waiting_for_start_does_not_hold_up_the_exit():
     async with running_bridge() as bridge_process:
-        silent = await bridge_process.http.ws_connect(bridge_process.url("/media"))
+        silent = (await bridge_process.stream(0)).ws
         twilio, session = await bridge_process.answered_call(1)  # so it has begun
         bridge_process.proc.send_signal(signal.SIGTERM)
         # Well before the 10 s that a stream may take to send its `start`.
@@ -3376,7 +3384,7 @@ async def test_with_two_workers_only_the_streams_worker_asks_for_a_greeting():
             form = {"CallSid": sid("CA", i)}
             async with workers.http.post(workers.url("/incoming"), data=form):
                 pass
-            twilio = FakeTwilio(await workers.http.ws_connect(workers.url("/media")), i)
+            twilio = await workers.stream(i)
             await twilio.start()
             await twilio.speak(f"caller {i}")
             callers.append(twilio)
