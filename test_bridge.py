@@ -303,7 +303,7 @@ class World:
 
     async def call(self, start: bool = True) -> FakeTwilio:
         self.calls += 1
-        token = self.app[bridge.CONFIG].twilio_auth_token
+        token = self.app[bridge.STATE].config.twilio_auth_token
         headers = {"Host": "example.com", **sign("wss://example.com/media")}
         ws = await self.client.ws_connect("/media", headers=headers if token else {})
         twilio = FakeTwilio(ws, self.calls, token)
@@ -1154,10 +1154,10 @@ def bridge_tasks() -> list[asyncio.Task]:
 async def wound_down(app: web.Application) -> None:
     """Wait (generously) until the bridge holds no call and runs no task for one."""
     for _ in range(50):
-        if not app[bridge.CALLS] and not bridge_tasks():
+        if not app[bridge.STATE].calls and not bridge_tasks():
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"still running: {app[bridge.CALLS]} {bridge_tasks()}")
+    raise AssertionError(f"still running: {app[bridge.STATE].calls} {bridge_tasks()}")
 
 
 @async_test
@@ -1198,13 +1198,13 @@ async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind():
 
         for _ in range(50):  # calls finish, and sockets close, a moment after the end
             if (
-                not w.app[bridge.CALLS]
+                not w.app[bridge.STATE].calls
                 and not bridge_tasks()
                 and fds() <= fds_before + 2
             ):
                 break
             await asyncio.sleep(0.05)
-        assert w.app[bridge.CALLS] == {}
+        assert w.app[bridge.STATE].calls == {}
         assert bridge_tasks() == []
         assert w.openai.open_sessions() == 0
         assert fds() <= fds_before + 2
@@ -1219,7 +1219,7 @@ async def test_shutdown_closes_every_open_call_on_both_sides():
         await asyncio.wait_for(
             asyncio.gather(w.client.server.close(), *closed), TIMEOUT
         )
-        assert w.app[bridge.CALLS] == {}
+        assert w.app[bridge.STATE].calls == {}
 
 
 # ========================================= A real agent: tools, hang-up, keypad
@@ -1576,7 +1576,7 @@ async def test_a_caller_who_hangs_up_mid_reply_leaves_nothing_behind(caplog):
             pass  # the bridge closed the OpenAI socket first
         await session.wait_closed()
         await wound_down(w.app)
-        assert w.app[bridge.CALLS] == {} and bridge_tasks() == []
+        assert w.app[bridge.STATE].calls == {} and bridge_tasks() == []
         assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
 
 
@@ -1584,7 +1584,7 @@ async def test_a_caller_who_hangs_up_mid_reply_leaves_nothing_behind(caplog):
 async def test_a_peer_gone_mid_send_is_an_info_line_not_an_error(caplog):
     async with world() as w:
         twilio, session = await w.answered_call()
-        (call,) = w.app[bridge.CALLS].values()
+        (call,) = w.app[bridge.STATE].calls.values()
 
         async def send_to_a_closed_socket():  # what aiohttp raises then
             raise ConnectionResetError("Cannot write to closing transport")
@@ -1759,8 +1759,8 @@ async def test_a_peer_that_stops_reading_ends_the_call_and_frees_its_socket(
     monkeypatch.setattr(bridge, "CLOSE_TIMEOUT", 0.2)
     async with world() as w:
         twilio, session = await w.answered_call()
-        call = w.app[bridge.CALLS][CA1]
-        bridges_end = socket_name(call.openai if stuck == "OpenAI" else call.twilio)
+        call = w.app[bridge.STATE].calls[CA1]
+        bridges_end = socket_name(call.model.socket if stuck == "OpenAI" else call.twilio)
         try:
             await talk(twilio, session)
         except ConnectionResetError:
@@ -1936,7 +1936,7 @@ async def test_a_webhook_without_a_calls_ids_gets_400_and_no_session(form, caplo
     async with world(twilio_auth_token=TOKEN, twilio_account_sid=SID) as w:
         response = await post_signed(w, form)
         assert response.status == 400
-        assert w.app[bridge.CALLS] == {} and w.openai.sessions == []
+        assert w.app[bridge.STATE].calls == {} and w.openai.sessions == []
         assert "POST /incoming from 127.0.0.1: " in caplog.text
 
 
@@ -2707,7 +2707,7 @@ def call_settings(w: World) -> dict:
         "TWILIO_AUTH_TOKEN": TOKEN,
         "TWILIO_NUMBER": "+15557650000",
         "PUBLIC_URL": "https://bridge.example.com",
-        "TWILIO_API_URL": w.app[bridge.CONFIG].twilio_api_url,
+        "TWILIO_API_URL": w.app[bridge.STATE].config.twilio_api_url,
     }
 
 
@@ -2808,7 +2808,7 @@ async def test_a_rest_request_that_hangs_is_bounded(monkeypatch):
         w.api.answers = ["hang"]
         with pytest.raises(bridge.TwilioError, match="did not answer"):
             await bridge.twilio_rest(
-                w.app[bridge.HTTP], w.app[bridge.CONFIG], "Calls.json", {}
+                w.app[bridge.STATE].http, w.app[bridge.STATE].config, "Calls.json", {}
             )
 
 
@@ -2936,7 +2936,7 @@ async def logged(caplog, text: str) -> None:
 async def test_a_rest_answer_is_checked_and_bounded(answer, error):
     async with world(**REST) as w:
         w.api.answers = [answer]
-        config = w.app[bridge.CONFIG]
+        config = w.app[bridge.STATE].config
         config = dataclasses.replace(config, twilio_number="+15557650000")
         with pytest.raises(bridge.TwilioError) as refused:
             await bridge.place_call(config, "+15551234567")
@@ -3202,7 +3202,7 @@ async def test_without_signatures_the_bridge_listens_on_loopback_only(
 async def test_while_draining_health_is_503_and_a_new_webhook_is_refused():
     async with world() as w:
         twilio, session = await w.answered_call()
-        w.app[bridge.DRAIN].until = float("inf")  # what SIGTERM starts
+        w.app[bridge.STATE].drain_until = float("inf")  # what SIGTERM starts
         response = await w.client.get("/health")
         assert response.status == 503
         assert await response.json() == {
@@ -3533,7 +3533,7 @@ REPORTING = {"report_model": "gpt-5.4-mini"}
 async def reported(w: World) -> None:
     """Wait until the calls that ended have made their reports."""
     await wound_down(w.app)  # a report starts as its call's life ends
-    await asyncio.wait_for(asyncio.gather(*w.app[bridge.REPORTS]), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*w.app[bridge.STATE].reports), TIMEOUT)
 
 
 async def caller_said(w: World, *turns: str) -> FakeTwilio:
@@ -3760,7 +3760,7 @@ async def test_a_slow_report_never_delays_the_hang_up(who, caplog):
         await twilio.wait_closed()
         await session.wait_closed()
         await w.responses.request()
-        assert len(w.app[bridge.REPORTS]) == 1  # still waiting for its answer
+        assert len(w.app[bridge.STATE].reports) == 1  # still waiting for its answer
         w.responses.answering.set()
         await reported(w)
     assert "report: sentiment 0.6, lead score 80" in caplog.text
@@ -3772,7 +3772,7 @@ async def test_a_drain_waits_for_a_report_in_flight(tmp_path):
         w.responses.answering.clear()
         twilio = await caller_said(w, "Call me back tomorrow.")
         await w.responses.request()  # the call has ended; its report is in flight
-        assert w.app[bridge.CALLS] == {}
+        assert w.app[bridge.STATE].calls == {}
         draining = asyncio.create_task(bridge.drain(w.app))
         w.responses.answering.set()
         await asyncio.wait_for(draining, TIMEOUT)
@@ -3846,7 +3846,7 @@ async def test_shutdown_waits_for_the_reports_of_the_calls_it_hangs_up(
         # Twilio answers the close frames while the server shuts down.
         closing = asyncio.gather(w.client.server.close(), twilio.wait_closed())
         await asyncio.wait_for(closing, TIMEOUT)
-        assert w.app[bridge.REPORTS] == set()
+        assert w.app[bridge.STATE].reports == set()
         assert report_file(tmp_path, twilio)["lead_score"] == 80
 
 
@@ -4120,7 +4120,7 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
         await page.get_by_text("Call ended: the bridge hung up").wait_for()
 
         # A bridge that takes no calls: the page says why, and no session opens.
-        w.app[bridge.DRAIN].until = float("inf")
+        w.app[bridge.STATE].drain_until = float("inf")
         await dial(page)
         await page.get_by_text("Call ended: the webhook answered 503").wait_for()
         assert len(w.openai.sessions) == 2
