@@ -1158,22 +1158,14 @@ def session_update(config: Config, instructions: str, turns: bool = True) -> dic
 
 
 def turn_detection(config: Config) -> dict:
+    """When the caller's turn ends the model answers, and talked over it stops."""
+    answers = {"interrupt_response": True, "create_response": True}
     if config.turn_detection == "semantic_vad":
-        return {
-            "type": "semantic_vad",
-            "interrupt_response": True,
-            "create_response": True,
-        }
-    vad = {
-        "type": "server_vad",
-        "threshold": 0.5,
-        "silence_duration_ms": 500,
-        "interrupt_response": True,
-        "create_response": True,
-    }
+        return {"type": "semantic_vad", **answers}
+    vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
     if config.idle_timeout_seconds:  # the agent speaks up after this silence
         vad["idle_timeout_ms"] = config.idle_timeout_seconds * 1000
-    return vad
+    return vad | answers
 
 
 def transcription(config: Config) -> dict:
@@ -1188,15 +1180,9 @@ def transcription(config: Config) -> dict:
 
 def message_item(role: str, text: str) -> dict:
     """A text turn for the conversation: keypad presses, replayed history."""
-    kind = "input_text" if role == "user" else "output_text"
-    return {
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": role,
-            "content": [{"type": kind, "text": text}],
-        },
-    }
+    content = {"type": "input_text" if role == "user" else "output_text", "text": text}
+    item = {"type": "message", "role": role, "content": [content]}
+    return {"type": "conversation.item.create", "item": item}
 
 
 class Realtime:
@@ -1227,14 +1213,11 @@ class Realtime:
 
     async def connect(self, url: str) -> bool:
         """Open the session's WebSocket; False (logged) if it could not be opened."""
-        headers = {"Authorization": f"Bearer {self.call.config.openai_api_key}"}
+        key = self.call.config.openai_api_key
+        options = {"headers": {"Authorization": f"Bearer {key}"}}
+        options |= {"heartbeat": OPENAI_HEARTBEAT, "max_msg_size": MAX_OPENAI_MESSAGE}
         try:
-            self.socket = await self.call.state.http.ws_connect(
-                url,
-                headers=headers,
-                heartbeat=OPENAI_HEARTBEAT,
-                max_msg_size=MAX_OPENAI_MESSAGE,
-            )
+            self.socket = await self.call.state.http.ws_connect(url, **options)
             return True
         except (aiohttp.ClientError, TimeoutError) as exc:
             answered = isinstance(exc, aiohttp.WSServerHandshakeError)
