@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import hmac
 import inspect
+import ipaddress
 import json
 import logging
 import math
@@ -191,6 +192,7 @@ def not_allowed(name: str, value: str, rule: Mapping) -> str:
 
 
 MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
+BEFORE_START = 20  # messages a stream may send before `start` (Twilio: `connected`)
 MAX_OPENAI_MESSAGE = 16 * 1024 * 1024  # a long transcript can pass aiohttp's 4 MiB
 CONNECT_TIMEOUT = 10.0  # seconds for the OpenAI handshake, and for Twilio's `start`
 BODY_TIMEOUT = 5.0  # seconds for a webhook's body: a client that never ends it waits
@@ -226,6 +228,17 @@ CALLEE_FIRST = 2.0  # seconds the agent waits for the person it called to speak 
 # after every delta: between marks the stream clock says how far playback got,
 # and each mark costs a message each way.
 MARK_EVERY_MS = 1000
+# Agent audio goes to Twilio in frames of at most 8,001 bytes (about a second): a
+# multiple of 3 bytes, so that each piece of the base64 text is whole.
+MAX_PIECE = 10_668  # base64 characters
+# Keys pressed in a burst are one turn: a PIN is one item, one reply, one log line.
+KEYS_PAUSE = 1.0  # seconds after the last key that end a burst
+MAX_KEYS = 64  # keys of one burst the model hears; more are dropped
+MAX_TOOL_OUTPUT = 16 * 1024  # characters of a tool's output the model is given
+# A session that "expires" long before OpenAI's hour is failing: after a few such
+# renewals in a row the call ends, rather than open sessions in a loop.
+SESSION_FLOOR = 300.0  # seconds: a session that expires sooner expired early
+EARLY_EXPIRIES = 3  # early expiries in a row that end the call
 
 
 @dataclass
@@ -491,7 +504,12 @@ async def media(request: web.Request) -> web.StreamResponse:
     check_signature(
         request, public_base(request, websocket=True) + request.raw_path, {}
     )
-    twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE)
+    if len(state.waiting) >= state.config.max_calls:  # handshakes that never start
+        raise refuse(
+            request, web.HTTPServiceUnavailable, "too many streams before start"
+        )
+    # No compression: Twilio needs none, and a small frame could inflate to 64 KiB.
+    twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE, compress=False)
     await twilio.prepare(request)
     state.waiting.add(waiting := asyncio.current_task())  # shutdown ends the wait
     try:
@@ -510,7 +528,7 @@ async def stream_start(twilio: web.WebSocketResponse, refusals: Refusals) -> dic
     """Twilio's `start` message; {} (logged) if none comes in time, or a bad one."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            async for msg in twilio:
+            async for msg in aiter_at_most(twilio, BEFORE_START):
                 event = parse(msg, "Twilio", "event", refusals)
                 if event is None or event["event"] == "connected":
                     continue
@@ -527,6 +545,14 @@ async def stream_start(twilio: web.WebSocketResponse, refusals: Refusals) -> dic
         pass
     refusals.warning("stream refused: no start message from Twilio")
     return {}
+
+
+async def aiter_at_most(socket: web.WebSocketResponse, count: int) -> AsyncIterator:
+    """The socket's first `count` messages."""
+    async for msg in socket:
+        yield msg
+        if (count := count - 1) == 0:
+            return
 
 
 def usable_start(start: object) -> bool:
@@ -601,19 +627,25 @@ async def amd(request: web.Request) -> web.Response:
 class TwilioError(Exception):
     """Twilio's REST API refused a request, or did not answer: one line says why."""
 
+    def __init__(self, why: str, status: int = 0) -> None:
+        super().__init__(why)
+        self.status = status  # Twilio's HTTP status; 0 if it did not answer
+
 
 async def twilio_rest(
-    http: aiohttp.ClientSession, config: Config, path: str, form: dict
+    http: aiohttp.ClientSession, config: Config, path: str, form: dict | None
 ) -> dict:
-    """POST to Twilio's REST API, form-encoded with basic auth; its JSON answer."""
-    # To place calls, transfer them, record them and hang up a fax.
+    """POST a form to Twilio's REST API (or GET, with none), with basic auth; its
+    JSON answer. To place, check, transfer and record calls, and hang up a fax."""
     account = config.twilio_account_sid
     url = f"{config.twilio_api_url}/2010-04-01/Accounts/{account}/{path}"
     login = base64.b64encode(f"{account}:{config.twilio_auth_token}".encode())
     auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
     timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
     try:
-        async with http.post(url, data=form, headers=auth, timeout=timeout) as response:
+        method = "GET" if form is None else "POST"
+        options = {"data": form, "headers": auth, "timeout": timeout}
+        async with http.request(method, url, **options) as response:
             answer = json.loads(await read_at_most(response, MAX_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         raise TwilioError(f"Twilio's API did not answer: {printable(exc)}") from None
@@ -621,7 +653,8 @@ async def twilio_rest(
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
         code = printable(error.get("code"))
         message = printable(error.get("message"), 300)
-        raise TwilioError(f"Twilio refused (HTTP {response.status}): {code} {message}")
+        why = f"Twilio refused (HTTP {response.status}): {code} {message}"
+        raise TwilioError(why, response.status)
     return answer
 
 
@@ -764,6 +797,8 @@ class Call:
         self.task: asyncio.Task | None = None  # run(), the call's whole life
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
         self.callee_spoke = False  # the caller, or the person we called, spoke
+        self.keys = ""  # the keys of a burst, until the caller pauses
+        self.keys_at = 0.0  # when the last of them was pressed
         self.heard_at = 0.0  # when Twilio's last message came
         self.sending: dict[Any, float] = {}  # socket -> when a send to it began
         self.transcript: Path | None = None
@@ -790,10 +825,12 @@ class Call:
         self.heard_at = time.monotonic()  # silence counts from here, not the webhook
         self.log.info("stream %s started", printable(start["streamSid"]))
         if self.config.record_calls:
-            self.start(self.record())
+            self.start(self.record_call())
 
     async def run(self) -> None:
         """The call's whole life: its session, the stream, both pumps, the hang-up."""
+        if self.config.twilio_account_sid and self.config.twilio_auth_token:
+            self.start(self.check_live())  # beside the greeting, not before it
         try:
             if await self.connect():
                 pumps = [self.pump_twilio(), self.pump_model(), self.watch()]
@@ -819,6 +856,10 @@ class Call:
         if not self.streaming:
             self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
             return False
+        if opened and self.model.socket.get_extra_info("socket") is None:
+            self.log.warning("the session was lost before the stream came")
+            await close_socket(self.model.socket, self.log)
+            opened = greeted = False
         # A refusal (a bad key, a model you may not use) will not change in a
         # second, but a passing failure may: the stream tries once more.
         if not opened and not self.model.refused:
@@ -942,11 +983,22 @@ class Call:
         return False
 
     async def on_keypress(self, digit: str) -> None:
-        """A keypad press is a turn too: it interrupts, then the model answers."""
-        self.log.info("caller pressed %s", digit)
+        """A key interrupts at once; the burst it begins is one turn (keys_pressed)."""
+        if not self.keys:
+            await self.interrupt()
+            self.start(self.keys_pressed())
+        self.keys += digit
+        self.keys_at = time.monotonic()
+
+    async def keys_pressed(self) -> None:
+        """Once the caller pauses, the keys are one turn, and the model answers."""
+        while (wait := self.keys_at + KEYS_PAUSE - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        keys, self.keys = self.keys[:MAX_KEYS], ""
+        self.log.info("caller pressed %s", plural(len(keys), "key"))  # not which
         self.caller_turns += 1
-        await self.interrupt()
-        await self.model.caller_text(f"The caller pressed {digit} on the keypad.")
+        self.add_turn("user", f"pressed {keys}")
+        await self.model.caller_text(f"The caller pressed {keys} on the keypad.")
 
     # -- To the caller: the model's voice, and barge-in ------------------------
 
@@ -964,10 +1016,12 @@ class Call:
             return  # the caller interrupted this reply: its late audio must not play
         if reply != self.playback.reply:
             await self.send_mark()  # a new reply: the last one's audio has ended
-        chunk = self.playback.add(reply, audio_ms(audio))
-        await self.send_twilio("media", media={"payload": audio})
-        if chunk.end_ms - chunk.start_ms >= MARK_EVERY_MS:
-            await self.send_mark()
+        for at in range(0, len(audio), MAX_PIECE):  # a huge delta: a frame a second
+            piece = audio[at : at + MAX_PIECE]
+            chunk = self.playback.add(reply, audio_ms(piece))
+            await self.send_twilio("media", media={"payload": piece})
+            if chunk.end_ms - chunk.start_ms >= MARK_EVERY_MS:
+                await self.send_mark()
         if self.speech_stopped_at is not None:  # the first audio of a reply
             latency_ms = (time.monotonic() - self.speech_stopped_at) * 1000
             self.latencies_ms.append(latency_ms)
@@ -995,8 +1049,13 @@ class Call:
     # -- From the model: its voice (above), the caller's turns, tools ----------
 
     async def pump_model(self) -> None:
+        early = 0  # expiries in a row long before OpenAI's hour
         while await self.model.pump():  # it expired: a new one, and the caller stays
             began = time.monotonic()
+            early = early + 1 if began - self.model.opened < SESSION_FLOOR else 0
+            if early == EARLY_EXPIRIES:
+                why = "OpenAI's sessions expire at once (%d in a row): hanging up"
+                return self.log.warning(why, early)
             if not await self.model.open():
                 return
             ms = (time.monotonic() - began) * 1000
@@ -1040,6 +1099,9 @@ class Call:
         """Give the model a function call's output, and let it speak again."""
         if output.startswith("error:"):
             self.log.warning("tool %s", printable(output, 300))
+        if len(output) > MAX_TOOL_OUTPUT:  # an error may echo a huge argument
+            cut = len(output) - MAX_TOOL_OUTPUT
+            output = output[:MAX_TOOL_OUTPUT] + f" [cut: {cut} characters more]"
         await self.model.tool_output(call_id, output)
 
     async def finish_speaking(self) -> None:
@@ -1079,7 +1141,7 @@ class Call:
         except TwilioError as exc:  # the model apologises; the call goes on
             await self.tool_output(call_id, f"error: the transfer failed: {exc}")
 
-    async def record(self) -> None:
+    async def record_call(self) -> None:
         """Ask Twilio to record the call, caller and agent on their own channels."""
         path, form = self.resource("/Recordings.json"), {"RecordingChannels": "dual"}
         try:
@@ -1089,6 +1151,23 @@ class Call:
         except TwilioError as exc:
             self.log.warning("not recorded: %s", exc)
 
+    async def check_live(self) -> None:
+        """Hang up unless Twilio says the call is live. Signatures carry no time, so
+        a webhook or `start` replayed to a restarted or another process, or past
+        what first_time() remembers, passes every other check; only Twilio knows."""
+        try:
+            answer = await twilio_rest(
+                self.state.http, self.config, self.resource(".json"), None
+            )
+            status = printable(answer.get("status"))
+        except TwilioError as exc:
+            if exc.status != 404:  # Twilio is down, not the call: it goes on
+                return self.log.warning("not checked with Twilio: %s", exc)
+            status = "unknown to Twilio"
+        if status not in ("queued", "ringing", "in-progress"):
+            self.log.warning("the call is %s, not live: a replay? hanging up", status)
+            self.task.cancel()
+
     def resource(self, rest: str) -> str:
         """This call's path in Twilio's REST API."""
         return f"Calls/{self.call_sid}{rest}"  # a CallSid is letters and digits
@@ -1096,16 +1175,19 @@ class Call:
     # -- The conversation as text ----------------------------------------------
 
     def remember(self, role: str, text: str) -> None:
-        """Log a turn, keep it for a renewed session, add it to the transcript."""
+        """Log a spoken turn, and record it."""
         self.log.info("%s: %s", SPEAKERS[role], printable(text, 1000))
+        self.add_turn(role, text)
+
+    def add_turn(self, role: str, text: str) -> None:
+        """Keep a turn for a renewed session and the report, and in the transcript."""
+        text = clean(text)
         self.turns.append((role, text))
         if self.transcript is None:
             return
-        now = datetime.now(UTC).isoformat()
-        line = {"role": role, "text": text, "time": now}
+        line = {"role": role, "text": text, "time": datetime.now(UTC).isoformat()}
         try:
-            with self.transcript.open("a", encoding="utf-8") as file:
-                file.write(json.dumps(line) + "\n")
+            write_private(self.transcript, json.dumps(line) + "\n", append=True)
         except OSError as exc:  # a full disk or a bad TRANSCRIPT_DIR must not end calls
             self.log.warning("transcript not written: %s", exc)
 
@@ -1185,6 +1267,15 @@ def message_item(role: str, text: str) -> dict:
     return {"type": "conversation.item.create", "item": item}
 
 
+def text_of(event: dict, *names: str) -> list[str]:
+    """The fields of an event the call uses as text: a TypeError (a malformed
+    event, dropped) if one is not, so that no list becomes an item id."""
+    values = [event[name] for name in names]
+    if not all(isinstance(value, str) for value in values):
+        raise TypeError(f"{', '.join(names)}: not text")
+    return values
+
+
 class Realtime:
     """A call's session on OpenAI's Realtime API, renewed when it expires."""
 
@@ -1194,6 +1285,8 @@ class Realtime:
         self.ready = False  # False while the session opens or renews
         self.refused = False  # OpenAI refused the session: no second try
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
+        self.opened = 0.0  # when the session opened
+        self.responding = False  # a response is being generated: cancel it first
 
     async def open(self) -> bool:
         """Open and configure a session, with the conversation so far and what the
@@ -1209,6 +1302,7 @@ class Realtime:
         while self.held:
             await call.send(self.socket, self.held.popleft())
         self.ready = True
+        self.opened = time.monotonic()
         return True
 
     async def connect(self, url: str) -> bool:
@@ -1222,7 +1316,7 @@ class Realtime:
         except (aiohttp.ClientError, TimeoutError) as exc:
             answered = isinstance(exc, aiohttp.WSServerHandshakeError)
             self.refused = answered and exc.status in (401, 403, 404)
-            why = f"HTTP {exc.status}" if answered else repr(exc)
+            why = f"HTTP {exc.status}" if answered else described(exc)
             self.call.log.error("could not open the OpenAI session: %s", why)
             return False
 
@@ -1248,6 +1342,9 @@ class Realtime:
         await self.send({"type": "conversation.item.truncate", **truncate})
 
     async def caller_text(self, text: str) -> None:
+        """Text the caller gave (keys): the model answers it, at once."""
+        if self.responding:  # else response.create is refused: one at a time
+            await self.send({"type": "response.cancel"})
         await self.send(message_item("user", text))
         await self.reply()
 
@@ -1271,7 +1368,7 @@ class Realtime:
     async def on_event(self, event: dict) -> None:
         call, kind = self.call, event["type"]
         if kind == "response.output_audio.delta":
-            await call.play(event["item_id"], event["delta"])
+            await call.play(*text_of(event, "item_id", "delta"))
         elif kind == "input_audio_buffer.speech_started":
             await call.on_caller_speech()
         elif kind == "input_audio_buffer.speech_stopped":
@@ -1279,12 +1376,15 @@ class Realtime:
         elif kind == "input_audio_buffer.timeout_triggered":
             call.log.info("the caller is silent: the agent speaks up")
         elif kind == "response.function_call_arguments.done":
-            call.on_tool_call(event["name"], event["call_id"], event["arguments"])
+            call.on_tool_call(*text_of(event, "name", "call_id", "arguments"))
         elif kind == "conversation.item.input_audio_transcription.completed":
-            call.remember("user", event["transcript"])
+            call.remember("user", *text_of(event, "transcript"))
         elif kind == "response.output_audio_transcript.done":
-            call.remember("assistant", event["transcript"])
+            call.remember("assistant", *text_of(event, "transcript"))
+        elif kind == "response.created":
+            self.responding = True
         elif kind == "response.done":
+            self.responding = False
             await call.send_mark()  # the reply's last audio
             self.on_response_done(event["response"])
         elif kind == "error":
@@ -1324,18 +1424,18 @@ async def report_on(call: Call) -> None:
             line = "report: sentiment %g, lead score %d: %s"
             call.log.info(line, sentiment, score, summary)
     except Exception as exc:  # refused, late, a bad answer: the facts remain
-        report["error"] = printable(repr(exc), 300)
+        report["error"] = printable(described(exc), 300)
         call.log.warning("report failed: %s", report["error"])
     if call.transcript is not None:
         try:
             path = call.transcript.with_suffix(".report.json")
-            path.write_text(json.dumps(report, indent=2) + "\n")
+            write_private(path, json.dumps(report, indent=2) + "\n")
         except OSError as exc:
             call.log.warning("report not written: %s", exc)
     try:
         await run_bounded(after_call, report)
     except Exception as exc:  # your code: its failure must harm nothing
-        call.log.warning("after_call failed: %s", printable(repr(exc)))
+        call.log.warning("after_call failed: %s", printable(described(exc)))
 
 
 def facts_of(call: Call) -> dict:
@@ -1402,6 +1502,10 @@ async def ask_for_report(
     return report_fields(response.status, answer)
 
 
+def clean_value(value: Any) -> Any:
+    return clean(value) if isinstance(value, str) else value
+
+
 def report_fields(status: int, answer: bytes) -> dict:
     """The report in a Responses API answer, each field checked: the model is never
     trusted blind. A ValueError (or a KeyError, TypeError: its shape) says why not."""
@@ -1424,7 +1528,7 @@ def report_fields(status: int, answer: bytes) -> dict:
         raise ValueError(f"lead score {score!r} is not from 0 to 100")
     if type(report["summary"]) is not str or type(report["follow_up"]) is not str:
         raise ValueError("a summary or follow-up that is not text")
-    return {name: report[name] for name in REPORT_FIELDS}
+    return {name: clean_value(report[name]) for name in REPORT_FIELDS}
 
 
 # ----------------------------------------------------------------------------
@@ -1435,6 +1539,9 @@ def make_app(config: Config) -> web.Application:
     if not config.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)")
     state = State(config)
+    for name in ("OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"):
+        if len(secret := getattr(config, name.lower())) >= 8:  # not a test's "t"
+            SECRETS[secret] = name
     # lingering_time=0: a request whose body never came is closed at once, not
     # read for 10 s more.
     # keepalive_timeout: a connection that sends no request, or only half of one,
@@ -1442,7 +1549,9 @@ def make_app(config: Config) -> web.Application:
     server = dict(
         lingering_time=0, keepalive_timeout=BODY_TIMEOUT, logger=state.refusals
     )
-    app = web.Application(middlewares=[log_wrong_requests], handler_args=server)
+    app = web.Application(
+        middlewares=[local_unless_signed, log_wrong_requests], handler_args=server
+    )
     app[STATE] = state
     app.cleanup_ctx.append(http_session)
     app.on_startup.append(quiet_accept_errors)
@@ -1464,7 +1573,7 @@ def create_app() -> web.Application:
         fail("OPENAI_API_KEY is not set: export your OpenAI API key first.")
     try:  # now, so that no turn's transcript fails for want of it
         if config.transcript_dir:
-            Path(config.transcript_dir).mkdir(parents=True, exist_ok=True)
+            Path(config.transcript_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
     raise_file_limit()
@@ -1484,6 +1593,26 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
     await state.http.close()
 
 
+def from_this_machine(request: web.Request) -> bool:
+    # Without signatures anyone who reaches the port opens sessions on your bill,
+    # whatever address it listens on (HOST, gunicorn's --bind). A tunnel on this
+    # machine reaches it from loopback.
+    try:
+        address = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+@web.middleware
+async def local_unless_signed(request: web.Request, handler: Callable) -> Any:
+    """Without TWILIO_AUTH_TOKEN, refuse every request from another machine."""
+    if request.app[STATE].config.twilio_auth_token or from_this_machine(request):
+        return await handler(request)
+    why = "unsigned, so only this machine may call: set TWILIO_AUTH_TOKEN"
+    raise refuse(request, web.HTTPForbidden, why)
+
+
 @web.middleware
 async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
     """Log what aiohttp would refuse silently: a webhook at the wrong path or method."""
@@ -1500,15 +1629,17 @@ async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
 
 
 async def health(request: web.Request) -> web.Response:
-    """For a load balancer: 200 while the bridge takes calls, 503 while it drains."""
+    """For a load balancer: 200 while the bridge takes calls; 503 while it drains,
+    or is full (a call sent here would hear busy)."""
     state = request.app[STATE]
-    draining = state.drain_until is not None
+    full = len(state.calls) >= state.config.max_calls
+    busy = "draining" if state.drain_until is not None else "full" if full else ""
     status = {
-        "status": "draining" if draining else "ok",
-        "calls": len(state.calls),
+        "status": busy or "ok",
+        "calls": len(state.calls) + len(state.waiting),  # streams before `start` too
         "max_calls": state.config.max_calls,
     }
-    return web.json_response(status, status=503 if draining else 200)
+    return web.json_response(status, status=503 if busy else 200)
 
 
 async def phone(request: web.Request) -> web.Response:
@@ -1695,6 +1826,8 @@ def settings() -> Config:
     # The process id tells gunicorn's workers apart.
     form = "%(asctime)s %(process)d %(levelname)s %(message)s"
     logging.basicConfig(level="INFO", format=form)
+    for handler in logging.getLogger().handlers:  # aiohttp's lines and tracebacks too
+        handler.addFilter(MASKED)
     try:
         return Config.from_env(os.environ)
     except ValueError as problems:
@@ -1730,6 +1863,45 @@ def printable(value: object, limit: int = 80) -> str:
     text = str(value)
     text = text[:limit] + ("..." if len(text) > limit else "")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def described(exc: BaseException) -> str:
+    """An exception, fit for a log line or a file, without a secret in it."""
+    # The repr of aiohttp's client errors holds the request's headers: the API key.
+    text = (
+        f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, aiohttp.ClientError)
+        else repr(exc)
+    )
+    return masked(text)
+
+
+SECRETS: dict[str, str] = {}  # a secret -> the name of its setting (make_app)
+
+
+def masked(text: str) -> str:
+    """`text` with every secret the bridge holds replaced by its setting's name."""
+    for secret, name in SECRETS.items():
+        text = text.replace(secret, f"<{name}>")
+    return text
+
+
+class Masked(logging.Filter):
+    """Masks the secrets in every log line and traceback: one filter for all, so no
+    line, written now or later, can leak a key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in SECRETS):
+            record.msg, record.args = masked(message), ()
+        if record.exc_info and not record.exc_text:
+            trace = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = masked(trace)
+        return True
+
+
+MASKED = Masked()
+log.addFilter(MASKED)
 
 
 def plural(count: int, noun: str) -> str:
@@ -1851,6 +2023,19 @@ def first_time(seen: dict[str, None], key: str) -> bool:
     if len(seen) > REMEMBERED:
         del seen[next(iter(seen))]
     return True
+
+
+def write_private(path: Path, text: str, append: bool = False) -> None:
+    """Write a file only its owner may read: transcripts and reports are private."""
+    mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    with open(os.open(path, mode, 0o600), "w", encoding="utf-8") as file:
+        file.write(masked(text))
+
+
+def clean(text: str) -> str:
+    """A model's text, safe to store: no control characters, lone surrogates (not
+    UTF-8) or NULs (which PostgreSQL's jsonb refuses); line breaks and tabs stay."""
+    return "".join(c for c in text if c.isprintable() or c in "\n\t")
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:

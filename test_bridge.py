@@ -164,6 +164,12 @@ class FakeTwilioAPI:
         self.requests: list[tuple[str, str, dict]] = []  # path, auth header, form
         self.received = asyncio.Event()
         self.answers: list[tuple[int, dict | bytes] | str] = []  # "hang": no answer
+        self.status = "in-progress"  # what a GET of a call says
+        self.checked: list[str] = []  # the calls asked about
+
+    async def call_status(self, request: web.Request) -> web.Response:
+        self.checked.append(request.path)
+        return web.json_response({"status": self.status})
 
     async def handler(self, request: web.Request) -> web.Response:
         form = dict(await request.post())
@@ -326,6 +332,7 @@ async def world(**config):
     fakes = web.Application()
     fakes.router.add_get("/v1/realtime", openai.handler)
     fakes.router.add_post("/2010-04-01/Accounts/{sid}/{path:.*}", api.handler)
+    fakes.router.add_get("/2010-04-01/Accounts/{sid}/{path:.*}", api.call_status)
     fakes.router.add_post("/v1/responses", responses.handler)
     async with TestServer(fakes) as fakes_server:
         url = str(fakes_server.make_url("/v1/realtime")).replace("http", "ws", 1)
@@ -3156,8 +3163,9 @@ async def test_past_max_calls_the_webhook_says_busy_and_a_stream_is_closed(caplo
         late = await w.call()  # a stream past the ceiling
         await late.wait_closed()
         assert len(w.openai.sessions) == 2
-        health = await (await w.client.get("/health")).json()
-        assert health == {"status": "ok", "calls": 2, "max_calls": 2}
+        health = await w.client.get("/health")  # a load balancer sends no more
+        assert health.status == 503
+        assert await health.json() == {"status": "full", "calls": 2, "max_calls": 2}
         assert "a call refused: MAX_CALLS=2 reached" in caplog.text
         assert "stream refused: MAX_CALLS=2 reached" in caplog.text
         await call_goes_on(twilio, session)
