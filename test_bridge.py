@@ -129,10 +129,17 @@ class FakeOpenAI:
         self.new_session: asyncio.Queue[Session] = asyncio.Queue()
         self.refuse: list[int] = []  # HTTP statuses for the next handshakes
         self.handshake_delay = 0.0
+        self.drop = 0  # handshakes that are accepted, then dropped
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
         if self.refuse:
             return web.Response(status=self.refuse.pop(0), text="refused")
+        if self.drop:  # accepted, then the connection is lost at once
+            self.drop -= 1
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            request.transport.close()
+            return ws
         await asyncio.sleep(self.handshake_delay)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -340,7 +347,8 @@ async def world(**config):
         base = str(fakes_server.make_url("")).rstrip("/")
         config.setdefault("twilio_api_url", base)
         config.setdefault("openai_api_url", base)
-        app = bridge.make_app(bridge.Config(openai_api_key="sk-test", **config))
+        config.setdefault("openai_api_key", "sk-test")
+        app = bridge.make_app(bridge.Config(**config))
         try:
             async with TestClient(TestServer(app)) as client:
                 yield World(client, openai, api, responses)
@@ -1767,7 +1775,9 @@ async def test_a_peer_that_stops_reading_ends_the_call_and_frees_its_socket(
     async with world() as w:
         twilio, session = await w.answered_call()
         call = w.app[bridge.STATE].calls[CA1]
-        bridges_end = socket_name(call.model.socket if stuck == "OpenAI" else call.twilio)
+        bridges_end = socket_name(
+            call.model.socket if stuck == "OpenAI" else call.twilio
+        )
         try:
             await talk(twilio, session)
         except ConnectionResetError:
