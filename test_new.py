@@ -117,6 +117,7 @@ import stat  # noqa: E402
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestServer, make_mocked_request  # noqa: E402
 
+from test_bridge import log_everything  # noqa: E402, F401 (the autouse fixture)
 from test_bridge import (  # noqa: E402
     CA1,
     REPORTING,
