@@ -351,8 +351,8 @@ def after_call(report: dict) -> None:
 
 async def incoming(request: web.Request) -> web.Response:
     """Twilio's voice webhook: answer with TwiML that streams the call to /media."""
-    state, form = request.app[STATE], await signed_form(request)
-    call_sid = form["CallSid"]
+    form = await signed_form(request)
+    state, call_sid = request.app[STATE], form["CallSid"]
     if state.drain_until is not None:  # Twilio tries the fallback URL
         raise web.HTTPServiceUnavailable(text="draining: no new calls")
     # A replayed webhook must not mint a fresh proof for a call that has ended.
@@ -381,9 +381,8 @@ def kind_of(context: Mapping[str, str]) -> str:
     """inbound; outbound (a call we placed); or voicemail (a machine answered it)."""
     if "Voicemail" in context:
         return "voicemail"
-    return (
-        "outbound" if context.get("Direction", "").startswith("outbound") else "inbound"
-    )
+    outbound = context.get("Direction", "").startswith("outbound")
+    return "outbound" if outbound else "inbound"
 
 
 def stream_twiml(request: web.Request, call_sid: str, parameters: dict) -> str:
@@ -432,10 +431,8 @@ def public_base(request: web.Request, websocket: bool = False) -> str:
 
 def check_signature(request: web.Request, url: str, params: dict[str, str]) -> None:
     """Refuse (403) a request that Twilio did not sign, before any OpenAI cost."""
-    token, origin = (
-        request.app[STATE].config.twilio_auth_token,
-        request.headers.get("Origin"),
-    )
+    token = request.app[STATE].config.twilio_auth_token
+    origin = request.headers.get("Origin")
     local = re.fullmatch(r"(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?", request.host)
     if not token and origin and (origin != f"http://{request.host}" or not local):
         # Unsigned, a dev box: still, another web site open in its browser (or one
@@ -568,7 +565,8 @@ def usable_start(start: object) -> bool:
 def stream_refusal(state: State, start: dict) -> str:
     """Why a stream's `start` is refused, or "" to take it (its proof is then used)."""
     call_sid, parameters = start["callSid"], start.get("customParameters", {})
-    call, token = state.calls.get(call_sid), state.config.twilio_auth_token
+    call = state.calls.get(call_sid)
+    token = state.config.twilio_auth_token
     if token and not proof_ok(token, call_sid, parameters.get("proof")):
         return "stream refused: no valid proof"
     if token and not first_time(state.remembered, parameters["proof"]):
@@ -601,8 +599,9 @@ MACHINE_ENDS = ("machine_end_beep", "machine_end_silence", "machine_end_other")
 async def amd(request: web.Request) -> web.Response:
     """Twilio's answering-machine detection on a call we placed. It may reach another
     process than the call's stream, so it acts through Twilio, not through memory."""
-    state, form = request.app[STATE], await signed_form(request)
-    call_sid, answered_by = form["CallSid"], printable(form.get("AnsweredBy"))
+    form = await signed_form(request)
+    state, call_sid = request.app[STATE], form["CallSid"]
+    answered_by = printable(form.get("AnsweredBy"))
     call_log = CallLog(call_sid)
     if answered_by not in MACHINE_ENDS + ("fax",):  # human, unknown, machine_start
         call_log.info("answered by %s", answered_by)  # the call goes on
@@ -1143,9 +1142,10 @@ class Call:
 
     async def record_call(self) -> None:
         """Ask Twilio to record the call, caller and agent on their own channels."""
-        path, form = self.resource("/Recordings.json"), {"RecordingChannels": "dual"}
+        path = self.resource("/Recordings.json")
         try:
-            answer = await twilio_rest(self.state.http, self.config, path, form)
+            both = {"RecordingChannels": "dual"}
+            answer = await twilio_rest(self.state.http, self.config, path, both)
             self.happened["recorded"] = printable(answer.get("sid"))  # RE…
             self.log.info("recording %s", self.happened["recorded"])
         except TwilioError as exc:
@@ -1196,7 +1196,8 @@ class Call:
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.began
-        median, hidden = self.median_latency_ms(), self.log.limiter.hidden
+        median = self.median_latency_ms()
+        hidden = self.log.limiter.hidden
         return (
             f"call ended after {seconds:.0f} s: {plural(self.caller_turns, 'turn')}, "
             + (f"median reply latency {median:.0f} ms, " if median is not None else "")
@@ -1217,9 +1218,8 @@ class Call:
 def session_update(config: Config, instructions: str, turns: bool = True) -> dict:
     """The first event of every Realtime session: mu-law both ways, turn detection
     (none for a voicemail: a machine's noise must not cut the message short)."""
-    noise = (
-        None if config.noise_reduction == "off" else {"type": config.noise_reduction}
-    )
+    off = config.noise_reduction == "off"
+    noise = None if off else {"type": config.noise_reduction}
     return {
         "type": "session.update",
         "session": {
@@ -1295,8 +1295,8 @@ class Realtime:
         url = f"{config.openai_realtime_url}?model={config.openai_model}"
         if not await self.connect(url):
             return False
-        instructions, turns = call.instructions, call.kind != "voicemail"
-        await call.send(self.socket, session_update(config, instructions, turns))
+        turns = call.kind != "voicemail"
+        await call.send(self.socket, session_update(config, call.instructions, turns))
         for role, text in call.turns[-REPLAY_TURNS:]:
             await call.send(self.socket, message_item(role, text))
         while self.held:
@@ -1401,10 +1401,8 @@ class Realtime:
             self.ready = False  # caller audio is held for the new session
             await close_socket(self.socket, self.call.log)  # OpenAI's may never come
         else:
-            code, message = (
-                printable(error.get("code")),
-                printable(error.get("message"), 300),
-            )
+            code = printable(error.get("code"))
+            message = printable(error.get("message"), 300)
             self.call.log.warning("OpenAI error %s: %s", code, message)
 
 
@@ -1668,7 +1666,8 @@ def begin_drain(state: State) -> None:
 async def drain(app: web.Application) -> None:
     """Take no new calls, and let the live ones end on their own, up to the drain's
     end (DRAIN_SECONDS from its start)."""
-    state, loop = app[STATE], asyncio.get_running_loop()
+    state = app[STATE]
+    loop = asyncio.get_running_loop()
     begin_drain(state)
     report = loop.time() + DRAIN_REPORT
     while (state.calls or state.reports) and loop.time() < state.drain_until:
@@ -1740,9 +1739,11 @@ async def serve(app: web.Application) -> None:
         log.info("open http://localhost:%d/phone to talk to the agent", config.port)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
-    signalled, loop = asyncio.Event(), asyncio.get_running_loop()
+    signalled = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, on_signal_then, app[STATE], number, signalled)
+        asyncio.get_running_loop().add_signal_handler(
+            number, on_signal_then, app[STATE], number, signalled
+        )
     await signalled.wait()
     await drain(app)  # still listening: webhooks get 503, late streams connect
     await runner.cleanup()  # stops listening, then close_calls() hangs up the rest
@@ -1868,12 +1869,9 @@ def printable(value: object, limit: int = 80) -> str:
 def described(exc: BaseException) -> str:
     """An exception, fit for a log line or a file, without a secret in it."""
     # The repr of aiohttp's client errors holds the request's headers: the API key.
-    text = (
-        f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, aiohttp.ClientError)
-        else repr(exc)
-    )
-    return masked(text)
+    if isinstance(exc, aiohttp.ClientError):
+        return masked(f"{type(exc).__name__}: {exc}")
+    return masked(repr(exc))
 
 
 SECRETS: dict[str, str] = {}  # a secret -> the name of its setting (make_app)
