@@ -661,12 +661,13 @@ async def twilio_rest(
 # What the caller has heard
 #
 # The model sends its audio faster than real time; Twilio queues it and plays it at
-# 8,000 bytes a second. We send a mark after each stretch of audio (a chunk), and
-# Twilio sends it back once it has played everything before it. Between marks,
-# Twilio's stream clock (the media timestamps) says how far playback has got. So
-# when the caller interrupts: the oldest chunk whose mark is not back is playing,
-# heard from its start for as long as the clock has run since it began, and every
-# chunk after it was not heard at all.
+# 8,000 bytes a second. We send a mark after each stretch of audio (a chunk: about a
+# second, not Twilio's 20 ms `media.chunk`), and Twilio sends the mark back once it
+# has played everything before it. Between marks, Twilio's stream clock says how far
+# playback has got: the caller's media timestamps tick on the clock Twilio plays by,
+# and audio sent to an empty queue plays at once. So when the caller interrupts,
+# the oldest chunk whose mark is not back is playing, heard from its start for as
+# long as the clock has run since it began, and every chunk after it was not heard.
 
 
 class Chunk(NamedTuple):
@@ -685,7 +686,7 @@ class Playback:
     def __init__(self) -> None:
         self.clock_ms = 0  # Twilio's stream clock: the newest media timestamp
         self.marked: deque[Chunk] = deque()  # sent with their marks, not back yet
-        self.open: Chunk | None = None  # the newest chunk: its mark is not sent yet
+        self.unmarked: Chunk | None = None  # the newest chunk, its mark not sent yet
         self.playing_since = 0  # clock_ms when the oldest queued chunk began to play
         self.reply = ""  # the reply whose audio is being sent
         self.reply_ms = 0.0  # how much of it has been sent
@@ -695,7 +696,7 @@ class Playback:
     @property
     def queued(self) -> list[Chunk]:
         """Sent and not yet heard to the end, oldest (the one playing) first."""
-        return [*self.marked, self.open] if self.open else list(self.marked)
+        return [*self.marked, self.unmarked] if self.unmarked else list(self.marked)
 
     def add(self, reply: str, ms: float) -> Chunk:
         """`ms` more of `reply` was sent: the open chunk grows, or a new one opens.
@@ -705,20 +706,20 @@ class Playback:
         if reply != self.reply:
             self.reply, self.reply_ms = reply, 0.0
         end_ms = self.reply_ms + ms
-        if self.open:
-            self.open = self.open._replace(end_ms=end_ms)
+        if self.unmarked:
+            self.unmarked = self.unmarked._replace(end_ms=end_ms)
         else:
             self.chunks += 1
-            self.open = Chunk(str(self.chunks), reply, self.reply_ms, end_ms)
+            self.unmarked = Chunk(str(self.chunks), reply, self.reply_ms, end_ms)
         self.reply_ms = end_ms
-        return self.open
+        return self.unmarked
 
     def close(self) -> str:
         """End the open chunk: the name of the mark to send after it ("" if none)."""
-        if self.open is None:
+        if self.unmarked is None:
             return ""
-        self.marked.append(self.open)
-        self.open = None
+        self.marked.append(self.unmarked)
+        self.unmarked = None
         return self.marked[-1].mark
 
     def mark_back(self, name: str) -> None:
@@ -728,14 +729,16 @@ class Playback:
         if queued and queued[0].mark == name:
             if self.marked:
                 self.marked.popleft()
-            else:  # forged: its mark was not sent yet, but it was named
-                self.open = None
+            else:  # forged: chunks are numbered, so a peer can name one not marked
+                self.unmarked = None
             self.playing_since = self.clock_ms
 
     def cut(self) -> dict[str, int]:
         """The caller interrupted: how much of each queued reply was heard (ms), and
         the queue is empty. {} if everything sent had been heard."""
-        self.cut_reply = self.reply  # if still generating, the server cancels it
+        # Late audio of the reply must not play: the server cancels it on speech,
+        # and caller_text() before the keys' reply.
+        self.cut_reply = self.reply
         queued = self.queued
         if not queued:
             return {}
@@ -745,7 +748,7 @@ class Playback:
         cuts = {chunk.reply: 0 for chunk in queued}  # queued after it: unheard
         cuts[playing.reply] = int(heard_ms)
         self.marked.clear()
-        self.open = None
+        self.unmarked = None
         return cuts
 
     def queued_ms(self) -> float:
@@ -884,7 +887,7 @@ class Call:
             await asyncio.sleep(CALLEE_FIRST)
             if self.callee_spoke:  # the model answers the callee on its own
                 return
-        await self.model.reply()
+        await self.model.respond()
 
     async def close(self) -> None:
         """End the call on both sides. Safe to call more than once."""
@@ -958,27 +961,27 @@ class Call:
 
     async def on_twilio_event(self, event: dict) -> bool:
         """Act on one Twilio message; True when the stream has stopped."""
-        kind = event["event"]
-        if kind == "media":
+        event_type = event["event"]
+        if event_type == "media":
             payload = event["media"]["payload"]
             if not isinstance(payload, str):
                 raise TypeError("payload is not text")
             self.playback.clock_ms = int(event["media"]["timestamp"])
             await self.model.caller_audio(payload)
-        elif kind == "stop":
+        elif event_type == "stop":
             self.log.info("Twilio stopped the stream: the caller hung up")
             return True
-        elif kind == "mark":
+        elif event_type == "mark":
             self.playback.mark_back(event["mark"]["name"])
-        elif kind == "dtmf" and event["dtmf"]["digit"] in KEYPAD:
+        elif event_type == "dtmf" and event["dtmf"]["digit"] in KEYPAD:
             await self.on_keypress(event["dtmf"]["digit"])
-        elif kind == "dtmf":
+        elif event_type == "dtmf":
             digit = printable(event["dtmf"]["digit"])
             self.log.warning("keypad digit %s ignored: not 0-9, *, # or A-D", digit)
-        elif kind == "start":
+        elif event_type == "start":
             self.log.warning("second start message ignored")
-        elif kind != "connected":
-            self.log.warning("unknown Twilio event %s ignored", printable(kind))
+        elif event_type != "connected":
+            self.log.warning("unknown Twilio event %s ignored", printable(event_type))
         return False
 
     async def on_keypress(self, digit: str) -> None:
@@ -1054,7 +1057,8 @@ class Call:
             early = early + 1 if began - self.model.opened < SESSION_FLOOR else 0
             if early == EARLY_EXPIRIES:
                 why = "OpenAI's sessions expire at once (%d in a row): hanging up"
-                return self.log.warning(why, early)
+                self.log.warning(why, early)
+                return
             if not await self.model.open():
                 return
             ms = (time.monotonic() - began) * 1000
@@ -1124,9 +1128,8 @@ class Call:
         """Once the caller has heard the agent say so, dial TRANSFER_NUMBER."""
         # Twilio then leaves our TwiML: it stops the stream, and the call ends here.
         if self.transferred:  # a model talked into it must not dial again and again
-            return await self.tool_output(
-                call_id, "error: the call was transferred once"
-            )
+            await self.tool_output(call_id, "error: the call was transferred once")
+            return
         self.transferred = True
         await self.finish_speaking()
         number = self.config.transfer_number
@@ -1153,8 +1156,8 @@ class Call:
 
     async def check_live(self) -> None:
         """Hang up unless Twilio says the call is live. Signatures carry no time, so
-        a webhook or `start` replayed to a restarted or another process, or past
-        what first_time() remembers, passes every other check; only Twilio knows."""
+        a webhook replayed to a restarted or another process (or once first_time()
+        has forgotten it) gets a fresh proof; only Twilio knows the call is over."""
         try:
             answer = await twilio_rest(
                 self.state.http, self.config, self.resource(".json"), None
@@ -1162,7 +1165,8 @@ class Call:
             status = printable(answer.get("status"))
         except TwilioError as exc:
             if exc.status != 404:  # Twilio is down, not the call: it goes on
-                return self.log.warning("not checked with Twilio: %s", exc)
+                self.log.warning("not checked with Twilio: %s", exc)
+                return
             status = "unknown to Twilio"
         if status not in ("queued", "ringing", "in-progress"):
             self.log.warning("the call is %s, not live: a replay? hanging up", status)
@@ -1333,7 +1337,7 @@ class Realtime:
     async def caller_audio(self, payload: str) -> None:
         await self.send({"type": "input_audio_buffer.append", "audio": payload})
 
-    async def reply(self) -> None:
+    async def respond(self) -> None:
         await self.send({"type": "response.create"})
 
     async def cut(self, reply: str, end_ms: int) -> None:
@@ -1346,12 +1350,12 @@ class Realtime:
         if self.responding:  # else response.create is refused: one at a time
             await self.send({"type": "response.cancel"})
         await self.send(message_item("user", text))
-        await self.reply()
+        await self.respond()
 
     async def tool_output(self, call_id: str, output: str) -> None:
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
         await self.send({"type": "conversation.item.create", "item": item})
-        await self.reply()
+        await self.respond()
 
     # What the model tells the call.
 
@@ -1366,28 +1370,28 @@ class Realtime:
         return True
 
     async def on_event(self, event: dict) -> None:
-        call, kind = self.call, event["type"]
-        if kind == "response.output_audio.delta":
+        call, event_type = self.call, event["type"]
+        if event_type == "response.output_audio.delta":
             await call.play(*text_of(event, "item_id", "delta"))
-        elif kind == "input_audio_buffer.speech_started":
+        elif event_type == "input_audio_buffer.speech_started":
             await call.on_caller_speech()
-        elif kind == "input_audio_buffer.speech_stopped":
+        elif event_type == "input_audio_buffer.speech_stopped":
             call.on_caller_silence()
-        elif kind == "input_audio_buffer.timeout_triggered":
+        elif event_type == "input_audio_buffer.timeout_triggered":
             call.log.info("the caller is silent: the agent speaks up")
-        elif kind == "response.function_call_arguments.done":
+        elif event_type == "response.function_call_arguments.done":
             call.on_tool_call(*text_of(event, "name", "call_id", "arguments"))
-        elif kind == "conversation.item.input_audio_transcription.completed":
+        elif event_type == "conversation.item.input_audio_transcription.completed":
             call.remember("user", *text_of(event, "transcript"))
-        elif kind == "response.output_audio_transcript.done":
+        elif event_type == "response.output_audio_transcript.done":
             call.remember("assistant", *text_of(event, "transcript"))
-        elif kind == "response.created":
+        elif event_type == "response.created":
             self.responding = True
-        elif kind == "response.done":
+        elif event_type == "response.done":
             self.responding = False
             await call.send_mark()  # the reply's last audio
             self.on_response_done(event["response"])
-        elif kind == "error":
+        elif event_type == "error":
             await self.on_error(event["error"])
 
     def on_response_done(self, response: dict) -> None:
@@ -1979,7 +1983,7 @@ class Refusals:
 
 
 def parse(
-    msg: aiohttp.WSMessage, side: str, key: str, log: CallLog | Refusals
+    msg: aiohttp.WSMessage, side: str, key: str, logger: CallLog | Refusals
 ) -> dict | None:
     """A JSON object with a string `key`, or None (logged) for anything else."""
     try:
@@ -1989,11 +1993,11 @@ def parse(
     if isinstance(event, dict) and isinstance(event.get(key), str):
         return event
     what = msg.data if msg.type == aiohttp.WSMsgType.ERROR else msg.type.name
-    log.warning("%s sent a message that is not an event (%s)", side, printable(what))
+    logger.warning("%s sent a message that is not an event (%s)", side, printable(what))
     return None
 
 
-async def close_socket(socket: Any, log: CallLog | Refusals) -> None:
+async def close_socket(socket: Any, logger: CallLog | Refusals) -> None:
     # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT; then shut
     # the connection down. Closing alone waits for the peer to read what is still
     # queued for it, and a peer that stopped reading never does.
@@ -2006,7 +2010,7 @@ async def close_socket(socket: Any, log: CallLog | Refusals) -> None:
         # (a pump's): that is no reason to stop, only a cancel of our own is.
         if asyncio.current_task().cancelling():
             raise asyncio.CancelledError from None
-        log.info("a peer did not answer our close: connection dropped")
+        logger.info("a peer did not answer our close: connection dropped")
     finally:
         with contextlib.suppress(OSError, AttributeError):  # no socket, or closed
             raw.shutdown(SHUT_RDWR)
