@@ -1135,9 +1135,7 @@ class Call:
         number = self.config.transfer_number
         dial = {"Twiml": f"<Response><Dial>{number}</Dial></Response>"}
         try:
-            await twilio_rest(
-                self.state.http, self.config, self.resource(".json"), dial
-            )
+            await self.ask_twilio(".json", dial)
             self.log.info("transferred to %s", number)
             self.happened["transferred"] = number
         except TwilioError as exc:  # the model apologises; the call goes on
@@ -1145,10 +1143,9 @@ class Call:
 
     async def record_call(self) -> None:
         """Ask Twilio to record the call, caller and agent on their own channels."""
-        path = self.resource("/Recordings.json")
         try:
             both = {"RecordingChannels": "dual"}
-            answer = await twilio_rest(self.state.http, self.config, path, both)
+            answer = await self.ask_twilio("/Recordings.json", both)
             self.happened["recorded"] = printable(answer.get("sid"))  # RE…
             self.log.info("recording %s", self.happened["recorded"])
         except TwilioError as exc:
@@ -1159,9 +1156,7 @@ class Call:
         a webhook replayed to a restarted or another process (or once first_time()
         has forgotten it) gets a fresh proof; only Twilio knows the call is over."""
         try:
-            answer = await twilio_rest(
-                self.state.http, self.config, self.resource(".json"), None
-            )
+            answer = await self.ask_twilio(".json", None)
             status = printable(answer.get("status"))
         except TwilioError as exc:
             if exc.status != 404:  # Twilio is down, not the call: it goes on
@@ -1172,9 +1167,10 @@ class Call:
             self.log.warning("the call is %s, not live: a replay? hanging up", status)
             self.task.cancel()
 
-    def resource(self, rest: str) -> str:
-        """This call's path in Twilio's REST API."""
-        return f"Calls/{self.call_sid}{rest}"  # a CallSid is letters and digits
+    async def ask_twilio(self, rest: str, form: dict | None) -> dict:
+        """This call's resource in Twilio's REST API: POST `form`, or GET."""
+        path = f"Calls/{self.call_sid}{rest}"  # a CallSid is letters and digits
+        return await twilio_rest(self.state.http, self.config, path, form)
 
     # -- The conversation as text ----------------------------------------------
 
