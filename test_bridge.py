@@ -211,6 +211,8 @@ class FakeTwilioAPI:
 
     async def call_status(self, request: web.Request) -> web.Response:
         self.checked.append(request.path)
+        if isinstance(self.status, int):  # an error page, as a proxy's: not JSON
+            return web.Response(status=self.status, text="<html>Not Found</html>")
         return web.json_response({"status": self.status})
 
     async def handler(self, request: web.Request) -> web.Response:
@@ -2444,7 +2446,8 @@ async def test_a_keypad_digit_that_is_not_a_key_is_ignored(digit, caplog):
         twilio, session = await w.answered_call()
         await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": digit})
         await call_goes_on(twilio, session)  # nothing reached the model but audio
-        assert "ignored" in caplog.text
+        ignored = f"[{CA1}] a keypad digit ignored: not 0-9, *, # or A-D"
+        assert ignored in caplog.messages  # and not the "digit": it may be a PIN
 
 
 @async_test
@@ -4343,6 +4346,74 @@ async def test_the_models_strings_are_clean_before_anyone_sees_them(
     [report] = handed_on
     assert (report["summary"], report["follow_up"]) == (" x\ny", "")
     assert report_file(tmp_path, twilio)["summary"] == " x\ny"
+
+
+def pieces_of(secret: str, length: int = 12) -> list[str]:
+    return [secret[i : i + length] for i in range(len(secret) - length + 1)]
+
+
+@async_test
+async def test_no_piece_of_a_key_survives_a_cut_line_the_model_or_after_call(
+    monkeypatch, caplog
+):
+    handed_on = []
+    monkeypatch.setattr(bridge, "after_call", handed_on.append)
+    monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
+
+    @bridge.tool("Leaks.", {"type": "object"})
+    def leaky():
+        raise ValueError("x" * 270 + LIVE_KEY)  # straddles the log line's cut at 300
+
+    summary = json.dumps(GOOD_REPORT | {"summary": f"The key is {LIVE_KEY}."})
+    async with world(openai_api_key=LIVE_KEY, **REPORTING) as w:
+        w.responses.answers = [(200, answer({"type": "output_text", "text": summary}))]
+        twilio, session = await w.answered_call()
+        await transcribed(session, "user", "My key? " + LIVE_KEY)
+        await call_tool(session, "leaky", "{}")
+        output = await tool_output(session)
+        await twilio.send(event="stop", stop={})
+        await twilio.wait_closed()
+        await reported(w)
+    [report] = handed_on
+    for text in (caplog.text, output, json.dumps(report)):
+        assert not any(piece in text for piece in pieces_of(LIVE_KEY)), text[-400:]
+    assert "<OPENAI_API_KEY>" in report["summary"] and "<OPENAI_API_KEY>" in output
+
+
+@async_test
+async def test_a_404_that_is_not_json_still_means_the_call_is_not_live(caplog):
+    async with world(**REST) as w:
+        w.api.status = 404  # a proxy's error page
+        twilio, session = await w.answered_call()
+        await twilio.wait_closed()
+        assert "the call is unknown to Twilio, not live" in caplog.text
+
+
+@async_test
+async def test_a_renewed_session_has_no_response_to_cancel(monkeypatch):
+    monkeypatch.setattr(bridge, "KEYS_PAUSE", 0.1)
+    async with world() as w:
+        twilio, first = await w.answered_call()
+        await first.send(type="response.created", response={"id": "resp_1"})
+        await expire(first)  # mid-response
+        second = await w.openai.session()
+        assert (await second.next())["type"] == "session.update"
+        await twilio.send(event="dtmf", dtmf={"track": "inbound_track", "digit": "1"})
+        assert (await second.next())["type"] == "conversation.item.create"
+        assert await second.next() == {"type": "response.create"}
+
+
+@async_test
+async def test_keys_held_for_a_burst_are_bounded(monkeypatch):
+    monkeypatch.setattr(bridge, "KEYS_PAUSE", 60)  # the burst never ends here
+    async with world() as w:
+        twilio, session = await w.answered_call()
+        for _ in range(200):
+            await twilio.send(
+                event="dtmf", dtmf={"track": "inbound_track", "digit": "5"}
+            )
+        await call_goes_on(twilio, session)  # every key was read before this
+        assert len(w.app[bridge.STATE].calls[CA1].keys) == bridge.MAX_KEYS
 
 
 # ============================== The phone page: a browser that plays Twilio
