@@ -498,13 +498,11 @@ async def media(request: web.Request) -> web.StreamResponse:
     # proves (with signatures on) that our webhook answered this call: an open socket
     # alone, or a replayed handshake, must cost nothing.
     state = request.app[STATE]
-    check_signature(
-        request, public_base(request, websocket=True) + request.raw_path, {}
-    )
+    url = public_base(request, websocket=True) + request.raw_path
+    check_signature(request, url, {})  # a handshake has no fields
     if len(state.waiting) >= state.config.max_calls:  # handshakes that never start
-        raise refuse(
-            request, web.HTTPServiceUnavailable, "too many streams before start"
-        )
+        why = "too many streams before start"
+        raise refuse(request, web.HTTPServiceUnavailable, why)
     # No compression: Twilio needs none, and a small frame could inflate to 64 KiB.
     twilio = web.WebSocketResponse(max_msg_size=MAX_TWILIO_MESSAGE, compress=False)
     await twilio.prepare(request)
@@ -1643,12 +1641,8 @@ async def health(request: web.Request) -> web.Response:
     calls = len(state.calls) + len(state.waiting)  # streams before `start` too
     full = calls >= state.config.max_calls
     busy = "draining" if state.drain_until is not None else "full" if full else ""
-    status = {
-        "status": busy or "ok",
-        "calls": calls,
-        "max_calls": state.config.max_calls,
-    }
-    return web.json_response(status, status=503 if busy else 200)
+    body = {"status": busy or "ok", "calls": calls, "max_calls": state.config.max_calls}
+    return web.json_response(body, status=503 if busy else 200)
 
 
 async def phone(request: web.Request) -> web.Response:
