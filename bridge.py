@@ -210,8 +210,10 @@ STREAM_WAIT = 15.0
 HELD_EVENTS = 500  # events for OpenAI held while a session renews: 10 s of audio
 WARNINGS_SHOWN = 3  # warnings of one kind a call logs; the rest are counted
 REFUSALS_EVERY = 60.0  # seconds: refusals of a kind log WARNINGS_SHOWN lines in each
-# Answered calls and used proofs are remembered, so that a replay buys nothing: the
-# last REMEMBERED of them, two a call (at 300 calls of 3 minutes, 100 minutes' worth).
+# Answered calls, used proofs and /amd verdicts are remembered, so that a replay
+# buys nothing: the last REMEMBERED of them, about two a call (at 300 calls of 3
+# minutes, 100 minutes' worth). Another process, or a restart, has not seen them:
+# Call.check_live() asks Twilio.
 REMEMBERED = 20_000
 MAX_ANSWER = 1024 * 1024  # bytes read of an answer from Twilio's or OpenAI's APIs
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
@@ -253,8 +255,9 @@ class State:
     remembered: dict[str, None] = field(default_factory=dict)
     waiting: set[asyncio.Task] = field(default_factory=set)  # streams before `start`
     reports: set[asyncio.Task] = field(default_factory=set)  # of calls that ended
-    # A SIGTERM's drain: from its start no new calls are taken, and at this loop
-    # time the calls left are hung up. None while the bridge takes calls.
+    # None while the bridge takes calls. From a SIGTERM on (on_signal), no new
+    # calls are taken, and at this loop time the calls left are hung up: now plus
+    # DRAIN_SECONDS, or 0 (hang up now) on Ctrl-C or a second signal.
     drain_until: float | None = None
 
 
@@ -478,7 +481,8 @@ def call_proof(token: str, call_sid: str, expires: int = 0) -> str:
     # The stream's proof that this bridge answered its call's webhook: the CallSid and
     # an expiry signed with the auth token. A handshake's signature covers only the URL,
     # the same for every call, so a captured one could be replayed; a proof cannot be
-    # used for another call or later, and any instance can check it.
+    # used for another call or later, and any instance can check it. What it cannot
+    # tell is a replayed *webhook*, which gets a fresh one: see Call.check_live().
     expires = expires or int(time.time() + STREAM_WAIT)
     signed = f"{call_sid}:{expires}".encode()
     return f"{expires}:{hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()}"
@@ -561,7 +565,8 @@ def usable_start(start: object) -> bool:
 
 
 def stream_refusal(state: State, start: dict) -> str:
-    """Why a stream's `start` is refused, or "" to take it (its proof is then used)."""
+    """Why a stream's `start` is refused, or "" to take it. Asking uses up a valid
+    proof: a `start` replayed after this one is refused, whatever became of it."""
     call_sid, parameters = start["callSid"], start.get("customParameters", {})
     call = state.calls.get(call_sid)
     token = state.config.twilio_auth_token
@@ -804,7 +809,7 @@ class Call:
         self.callee_spoke = False  # the caller, or the person we called, spoke
         self.keys = ""  # the keys of a burst, until the caller pauses
         self.keys_at = 0.0  # when the last of them was pressed
-        self.heard_at = 0.0  # when Twilio's last message came
+        self.twilio_at = 0.0  # when Twilio's last message came: silence is death
         self.sending: dict[Any, float] = {}  # socket -> when a send to it began
         self.transcript: Path | None = None
         if self.config.transcript_dir:  # a CallSid is letters and digits: a safe name
@@ -827,7 +832,7 @@ class Call:
     def attach(self, socket: web.WebSocketResponse, start: dict) -> None:
         """The call's Media Stream has started: audio can flow both ways."""
         self.stream.set_result(Stream(socket, start["streamSid"], datetime.now(UTC)))
-        self.heard_at = time.monotonic()  # silence counts from here, not the webhook
+        self.twilio_at = time.monotonic()  # silence counts from here, not the webhook
         self.log.info("stream %s started", printable(start["streamSid"]))
         if self.config.record_calls:
             self.start(self.record_call())
@@ -917,8 +922,10 @@ class Call:
     async def send(self, socket: Any, message: dict) -> None:
         # A send waits while the peer is not reading. watch() bounds that wait.
         self.sending[socket] = time.monotonic()
-        await socket.send_str(json.dumps(message))
-        self.sending.pop(socket, None)
+        try:
+            await socket.send_str(json.dumps(message))
+        finally:
+            self.sending.pop(socket, None)
 
     async def watch(self) -> None:
         """End the call when Twilio falls silent or a peer stops reading."""
@@ -930,7 +937,7 @@ class Call:
             await asyncio.sleep(WATCH_EVERY)
             now = time.monotonic()
             stuck = [s for s, t in self.sending.items() if now - t > SEND_TIMEOUT]
-            if now - self.heard_at > TWILIO_SILENCE:
+            if now - self.twilio_at > TWILIO_SILENCE:
                 why = f"no message from Twilio for {TWILIO_SILENCE:g} s"
             elif stuck:
                 side = "Twilio" if stuck[0] is self.twilio else "OpenAI"
@@ -957,7 +964,7 @@ class Call:
 
     async def pump_twilio(self) -> None:
         async for msg in self.twilio:
-            self.heard_at = time.monotonic()
+            self.twilio_at = time.monotonic()
             if await self.handle(msg, "Twilio", "event", self.on_twilio_event):
                 return
         self.log.info("Twilio socket closed")
@@ -1039,6 +1046,13 @@ class Call:
         if name := self.playback.close():
             await self.send_twilio("mark", mark={"name": name})
 
+    async def on_caller_speech(self) -> None:
+        """The caller began to speak: the agent stops (barge-in)."""
+        # OpenAI cancels its reply itself (turn_detection's interrupt_response): what
+        # is left to do is to silence what Twilio has queued, and say what was heard.
+        self.callee_spoke = True
+        await self.interrupt()
+
     async def interrupt(self) -> None:
         """The caller spoke (or pressed a key): stop the agent's audio at once, and
         tell the model how much of its reply the caller actually heard."""
@@ -1057,7 +1071,7 @@ class Call:
         early = 0  # expiries in a row long before OpenAI's hour
         while await self.model.pump():  # it expired: a new one, and the caller stays
             began = time.monotonic()
-            early = early + 1 if began - self.model.opened < SESSION_FLOOR else 0
+            early = early + 1 if began - self.model.opened_at < SESSION_FLOOR else 0
             if early == EARLY_EXPIRIES:
                 why = "OpenAI's sessions expire at once (%d in a row): hanging up"
                 self.log.warning(why, early)
@@ -1067,11 +1081,6 @@ class Call:
             ms = (time.monotonic() - began) * 1000
             turns = min(len(self.turns), REPLAY_TURNS)
             self.log.info("session renewed in %.0f ms, turns replayed: %d", ms, turns)
-
-    async def on_caller_speech(self) -> None:
-        """The caller began to speak: the agent stops (barge-in)."""
-        self.callee_spoke = True
-        await self.interrupt()
 
     def on_caller_silence(self) -> None:
         """The caller stopped speaking: a turn, and the reply's latency starts."""
@@ -1289,7 +1298,7 @@ class Realtime:
         self.ready = False  # False while the session opens or renews
         self.refused = False  # OpenAI refused the session: no second try
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
-        self.opened = 0.0  # when the session opened
+        self.opened_at = 0.0  # when the session opened
         self.responding = False  # a response is being generated: cancel it first
 
     async def open(self) -> bool:
@@ -1307,7 +1316,7 @@ class Realtime:
         while self.held:
             await call.send(self.socket, self.held.popleft())
         self.ready = True
-        self.opened = time.monotonic()
+        self.opened_at = time.monotonic()
         return True
 
     async def connect(self, url: str) -> bool:
@@ -1501,8 +1510,7 @@ async def ask_for_report(
     auth = {"Authorization": f"Bearer {config.openai_api_key}"}
     timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT)
     async with http.post(url, json=request, headers=auth, timeout=timeout) as response:
-        answer = await read_at_most(response, MAX_ANSWER)
-    return report_fields(response.status, answer)
+        return report_fields(response.status, await read_at_most(response, MAX_ANSWER))
 
 
 def clean_value(value: Any) -> Any:
@@ -1685,7 +1693,7 @@ async def drain(app: web.Application) -> None:
 async def close_calls(app: web.Application) -> None:
     """On shutdown, once the drain is over, hang up every call on both sides."""
     state = app[STATE]
-    await drain(app)  # under gunicorn, its worker's shutdown is the drain
+    await drain(app)  # at once after a drain; else (a shutdown without a signal) now
     if state.calls:
         log.info("shutting down: closing %s", plural(len(state.calls), "call"))
     tasks = [call.task for call in state.calls.values()]
@@ -1770,6 +1778,9 @@ class Worker(GunicornWebWorker):
     shutdown deafens live calls, so the drain comes first (on_signal's policy).
     gunicorn 'bridge:create_app()' --worker-class bridge.Worker --workers 2"""
 
+    # GunicornWebWorker's own handle_exit sets `alive = False`, and its loop then
+    # shuts aiohttp down within a second: here that waits for drain() instead.
+    # gunicorn kills a worker after --graceful-timeout: keep it above DRAIN_SECONDS.
     draining: asyncio.Task | None = None
 
     def load_wsgi(self) -> None:
