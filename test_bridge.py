@@ -788,51 +788,34 @@ def test_settings_take_what_is_allowed():
 VOICES = "alloy or ash or ballad or coral or echo or sage or shimmer or verse or marin"
 
 
+def bad(key: str, value: str, allowed: str) -> tuple[dict, list[str]]:
+    """A setting refused: KEY=value, and the line that names what is allowed."""
+    return {key: value}, [f"{key}={value!r} is not allowed: {allowed}"]
+
+
+WHOLE = "a whole number from"
+NEEDS_REST = "needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+KEYWORDS = "TRANSCRIBE_KEYWORDS: at most 100, each at most 50 characters"
+NO_SPACES = "is not allowed: no spaces or line breaks"
+LIVE = "gpt-live-transcribe"
+
+
 @pytest.mark.parametrize(
     "env, problems",
     [
-        (
-            {"PORT": "abc"},
-            ["PORT='abc' is not allowed: a whole number from 1 to 65535"],
-        ),
-        (
-            {"PORT": "70000"},
-            ["PORT='70000' is not allowed: a whole number from 1 to 65535"],
-        ),
-        (
-            {"TURN_DETECTION": "fast"},
-            ["TURN_DETECTION='fast' is not allowed: server_vad or semantic_vad"],
-        ),
-        (
-            {"NOISE_REDUCTION": "loud"},
-            ["NOISE_REDUCTION='loud' is not allowed: near_field or far_field or off"],
-        ),
-        (
-            {"IDLE_TIMEOUT_SECONDS": "-1"},
-            ["IDLE_TIMEOUT_SECONDS='-1' is not allowed: a whole number from 0 to 3600"],
-        ),
-        (
-            {"PUBLIC_URL": "ftp://x"},
-            ["PUBLIC_URL='ftp://x' is not allowed: https://HOST[:PORT]"],
-        ),
-        (  # ws:// points tests at a fake
-            {"OPENAI_REALTIME_URL": "https://api.openai.com"},
-            [
-                "OPENAI_REALTIME_URL='https://api.openai.com' is not allowed: wss:// or ws:// URL"
-            ],
-        ),
-        (
-            {"LANGUAGE": "english"},
-            ["LANGUAGE='english' is not allowed: an ISO-639-1 code, e.g. en"],
-        ),
-        ({"VOICE": "foo"}, [f"VOICE='foo' is not allowed: {VOICES} or cedar"]),
-        ({"VOICE": "Marin"}, [f"VOICE='Marin' is not allowed: {VOICES} or cedar"]),
+        bad("PORT", "abc", f"{WHOLE} 1 to 65535"),
+        bad("PORT", "70000", f"{WHOLE} 1 to 65535"),
+        bad("TURN_DETECTION", "fast", "server_vad or semantic_vad"),
+        bad("NOISE_REDUCTION", "loud", "near_field or far_field or off"),
+        bad("IDLE_TIMEOUT_SECONDS", "-1", f"{WHOLE} 0 to 3600"),
+        bad("PUBLIC_URL", "ftp://x", "https://HOST[:PORT]"),
+        bad("OPENAI_REALTIME_URL", "https://api.openai.com", "wss:// or ws:// URL"),
+        bad("LANGUAGE", "english", "an ISO-639-1 code, e.g. en"),
+        bad("VOICE", "foo", f"{VOICES} or cedar"),
+        bad("VOICE", "Marin", f"{VOICES} or cedar"),
         (  # secrets are never printed: a stray line break from a paste
             {"OPENAI_API_KEY": "sk-secret\nsk-more", "TWILIO_AUTH_TOKEN": "tok en"},
-            [
-                "OPENAI_API_KEY is not allowed: no spaces or line breaks",
-                "TWILIO_AUTH_TOKEN is not allowed: no spaces or line breaks",
-            ],
+            [f"OPENAI_API_KEY {NO_SPACES}", f"TWILIO_AUTH_TOKEN {NO_SPACES}"],
         ),
         (
             {"PUBLIC_URL": "https://host:99999"},
@@ -842,35 +825,21 @@ VOICES = "alloy or ash or ballad or coral or echo or sage or shimmer or verse or
             {"TURN_DETECTION": "semantic_vad", "IDLE_TIMEOUT_SECONDS": "5"},
             ["IDLE_TIMEOUT_SECONDS works only with server_vad"],
         ),
-        (
-            {"RECORD_CALLS": "true"},
-            ["RECORD_CALLS needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"],
-        ),
-        (
-            {"TRANSFER_NUMBER": "+15559990000"},
-            ["TRANSFER_NUMBER needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"],
-        ),
-        (
-            {"TRANSCRIBE_KEYWORDS": ",".join(["word"] * 101)},
-            ["TRANSCRIBE_KEYWORDS: at most 100, each at most 50 characters"],
-        ),
-        (
-            {"TRANSCRIBE_KEYWORDS": "Acme, " + "x" * 51},
-            ["TRANSCRIBE_KEYWORDS: at most 100, each at most 50 characters"],
-        ),
+        ({"RECORD_CALLS": "true"}, [f"RECORD_CALLS {NEEDS_REST}"]),
+        ({"TRANSFER_NUMBER": "+15559990000"}, [f"TRANSFER_NUMBER {NEEDS_REST}"]),
+        ({"TRANSCRIBE_KEYWORDS": ",".join(["word"] * 101)}, [KEYWORDS]),
+        ({"TRANSCRIBE_KEYWORDS": "Acme, " + "x" * 51}, [KEYWORDS]),
         (
             {
                 "TRANSCRIBE_KEYWORDS": "Acme",
                 "TRANSCRIBE_MODEL": "gpt-4o-mini-transcribe",
             },
-            [
-                "TRANSCRIBE_KEYWORDS works only with gpt-transcribe or gpt-live-transcribe"
-            ],
+            ["TRANSCRIBE_KEYWORDS works only with gpt-transcribe or " + LIVE],
         ),
         (  # every bad setting at once, a line each
             {"PORT": "abc", "VOICE": "Marin!", "LANGUAGE": "english"},
             [
-                "PORT='abc' is not allowed: a whole number from 1 to 65535",
+                f"PORT='abc' is not allowed: {WHOLE} 1 to 65535",
                 f"VOICE='Marin!' is not allowed: {VOICES} or cedar",
                 "LANGUAGE='english' is not allowed: an ISO-639-1 code, e.g. en",
             ],
@@ -886,10 +855,7 @@ def test_a_bad_setting_is_named_with_what_is_allowed(env, problems):
 @pytest.mark.parametrize(
     "env, message",
     [
-        (
-            {"PORT": "70000"},
-            "PORT='70000' is not allowed: a whole number from 1 to 65535",
-        ),
+        ({"PORT": "70000"}, f"PORT='70000' is not allowed: {WHOLE} 1 to 65535"),
         (
             {"TURN_DETECTION": "semantic_vad", "IDLE_TIMEOUT_SECONDS": "5"},
             "IDLE_TIMEOUT_SECONDS works only with server_vad",
@@ -1317,41 +1283,38 @@ MALFORMED_BODY = "POST /incoming from 127.0.0.1: malformed body"
 BAD_SIGNATURE = "POST /incoming from 127.0.0.1: bad signature"
 
 
-def signed(form: dict) -> dict:
-    return {"Host": "example.com", **sign("https://example.com/incoming", form)}
+def signed(form: dict, url: str = "https://example.com/incoming") -> dict:
+    return {"Host": "example.com", **sign(url, form)}
 
 
 def knock(id: str, status: int, logged: str | None = None, **request) -> object:
     return pytest.param({"status": status, "logged": logged, **request}, id=id)
 
 
+OURS, THEIRS = {**FORM, "AccountSid": SID}, {**FORM, "AccountSid": "AC" + "f" * 32}
+URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data; boundary=xx"
+FROM_US = "POST /incoming from 127.0.0.1: "
+TUNNEL = {"twilio_auth_token": TOKEN, "public_url": "https://tunnel.example"}
 DOOR = [
     knock("signed", 200, headers=SIGNED, **SIGNED_BY),
     knock(
         "signed-with-443",
         200,
-        headers={
-            "Host": "example.com",
-            **sign("https://example.com:443/incoming", FORM),
-        },
+        headers=signed(FORM, "https://example.com:443/incoming"),
         **SIGNED_BY,
     ),
     knock(
         "host-with-443", 200, headers={**SIGNED, "Host": "example.com:443"}, **SIGNED_BY
     ),
+    # checked against PUBLIC_URL: the Host is 127.0.0.1
     knock(
-        "behind-a-tunnel",  # checked against PUBLIC_URL: the Host is 127.0.0.1
+        "behind-a-tunnel",
         200,
         headers=sign("https://tunnel.example/incoming", FORM),
-        config={"twilio_auth_token": TOKEN, "public_url": "https://tunnel.example"},
+        config=TUNNEL,
     ),
-    knock(
-        "our-account",
-        200,
-        form={**FORM, "AccountSid": SID},
-        headers=signed({**FORM, "AccountSid": SID}),
-        **ACCOUNT,
-    ),
+    knock("our-account", 200, form=OURS, headers=signed(OURS), **ACCOUNT),
     knock(
         "changed-field",
         403,
@@ -1364,14 +1327,14 @@ DOOR = [
         "other-url",
         403,
         BAD_SIGNATURE,
-        headers={"Host": "example.com", **sign("https://evil.example/incoming", FORM)},
+        headers=signed(FORM, "https://evil.example/incoming"),
         **SIGNED_BY,
     ),
     knock(
         "http",
         403,
         BAD_SIGNATURE,
-        headers={"Host": "example.com", **sign("http://example.com/incoming", FORM)},
+        headers=signed(FORM, "http://example.com/incoming"),
         **SIGNED_BY,
     ),
     knock("unsigned", 403, BAD_SIGNATURE, **SIGNED_BY),
@@ -1387,9 +1350,7 @@ DOOR = [
         403,
         BAD_SIGNATURE,
         body=b"CallSid=\\ud800",
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded; charset=unicode_escape"
-        },
+        headers={"Content-Type": URLENCODED + "; charset=unicode_escape"},
         **SIGNED_BY,
     ),
     # Twilio's signature glues names and values together, so the fields after
@@ -1398,7 +1359,7 @@ DOOR = [
         knock(
             id,
             400,
-            "POST /incoming from 127.0.0.1: no CallSid, or not one",
+            FROM_US + "no CallSid, or not one",
             form=form,
             headers=signed(form),
             **ACCOUNT,
@@ -1413,16 +1374,16 @@ DOOR = [
     knock(
         "other-account",
         400,
-        "POST /incoming from 127.0.0.1: another account's call",
-        form={**FORM, "AccountSid": "AC" + "f" * 32},
-        headers=signed({**FORM, "AccountSid": "AC" + "f" * 32}),
+        FROM_US + "another account's call",
+        form=THEIRS,
+        headers=signed(THEIRS),
         **ACCOUNT,
     ),
     # A dev box: still, another web site open in its browser must not place calls.
     knock(
         "another-site",
         403,
-        "POST /incoming from 127.0.0.1: from another site: https://evil.example",
+        FROM_US + "from another site: https://evil.example",
         headers={"Origin": "https://evil.example"},
         **DEV_BOX,
     ),
@@ -1460,17 +1421,13 @@ DOOR = [
             **DEV_BOX,
         )
         for id, kind, body in [
-            (
-                "unknown-charset",
-                "application/x-www-form-urlencoded; charset=foo",
-                b"CallSid=x",
-            ),
-            ("bad-utf-8", "application/x-www-form-urlencoded", b"CallSid=\xff\xfe"),
-            ("broken-multipart", "multipart/form-data; boundary=xx", b"--xx\r\nbroken"),
+            ("unknown-charset", URLENCODED + "; charset=foo", b"CallSid=x"),
+            ("bad-utf-8", URLENCODED, b"CallSid=\xff\xfe"),
+            ("broken-multipart", MULTIPART, b"--xx\r\nbroken"),
             ("no-boundary", "multipart/form-data", b"--xx\r\n"),
             (
                 "odd-cte",
-                "multipart/form-data; boundary=xx",
+                MULTIPART,
                 b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
                 b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n",
             ),
@@ -1481,10 +1438,7 @@ DOOR = [
         400,
         MALFORMED_BODY,
         body=b"not deflate",
-        headers={
-            "Content-Encoding": "deflate",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
+        headers={"Content-Encoding": "deflate", "Content-Type": URLENCODED},
         **DEV_BOX,
     ),
 ]
