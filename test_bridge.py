@@ -2731,17 +2731,34 @@ async def test_twilio_unreachable_leaves_the_call_up_with_a_warning(
 # (TOOL_TIMEOUT: the tool and after_call tables; REPORT_TIMEOUT: the report's.)
 
 
+WAITS = []  # constant, config, scenario, what is logged when it runs out
+
+
+def bounded_by(constant: str, said: str, **config):
+    """A scenario that waits on `constant`: it runs with the constant at 0.2 s."""
+
+    def register(scenario):
+        name = scenario.__name__.replace("_", "-")
+        WAITS.append(pytest.param(constant, config, scenario, said, id=name))
+        return scenario
+
+    return register
+
+
+@bounded_by("CONNECT_TIMEOUT", "could not open the OpenAI session")
 async def openai_handshake_hangs(w: World) -> None:
     w.openai.handshake_delay = 2
     await (await w.call()).wait_closed()
 
 
+@bounded_by("CONNECT_TIMEOUT", "stream refused: no start message from Twilio")
 async def no_start_comes(w: World) -> None:
     await (await w.call(start=False)).wait_closed()
     for session in w.openai.sessions:  # opened early, closed with the call
         await session.wait_closed()
 
 
+@bounded_by("BODY_TIMEOUT", "POST /incoming from 127.0.0.1: no body in time")
 async def a_webhook_body_never_ends(w: World) -> None:
     answer = await w.raw(  # up to EOF: closed
         b"POST /incoming HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
@@ -2750,16 +2767,19 @@ async def a_webhook_body_never_ends(w: World) -> None:
     assert answer.startswith(b"HTTP/1.1 408")
 
 
+@bounded_by("BODY_TIMEOUT", "")
 async def no_request_comes(w: World) -> None:
     assert await w.raw(b"POST /incoming HTTP/1.1\r\nHost: x\r\n") == b""  # closed
 
 
+@bounded_by("STREAM_WAIT", f"[{CA1}] no stream in 0.2 s: session closed")
 async def no_stream_comes(w: World) -> None:
     await w.webhook()  # the caller hangs up while it rings
     await (await w.openai.session()).wait_closed()
     await wound_down(w.app)
 
 
+@bounded_by("TWILIO_SILENCE", "no message from Twilio for 0.2 s: hanging up")
 async def twilio_falls_silent(w: World) -> None:
     twilio, session = await w.answered_call()
     await twilio.speak("hello")  # then nothing, as from a dead TCP path
@@ -2786,6 +2806,17 @@ async def stuck(w: World, side: str) -> None:
     session.reading.set()
 
 
+@bounded_by("SEND_TIMEOUT", "OpenAI stopped reading for 0.2 s: hanging up")
+async def openai_stops_reading(w: World) -> None:
+    await stuck(w, "OpenAI")
+
+
+@bounded_by("SEND_TIMEOUT", "Twilio stopped reading for 0.2 s: hanging up")
+async def twilio_stops_reading(w: World) -> None:
+    await stuck(w, "Twilio")
+
+
+@bounded_by("GOODBYE_GRACE", "the last mark never came back: going on")
 async def the_last_mark_never_comes(w: World) -> None:
     twilio, session = await w.answered_call()
     await say(session, "item_bye", "bye1")
@@ -2794,6 +2825,7 @@ async def the_last_mark_never_comes(w: World) -> None:
     await session.wait_closed()
 
 
+@bounded_by("REST_TIMEOUT", "not recorded", **REST, record_calls=True)
 async def twilios_api_hangs(w: World) -> None:
     w.api.answers = ["hang"]
     twilio, session = await w.answered_call()  # it asks for a recording at `start`
@@ -2801,72 +2833,7 @@ async def twilios_api_hangs(w: World) -> None:
     await call_goes_on(twilio, session)
 
 
-@pytest.mark.parametrize(
-    "constant, config, scenario, said",
-    [
-        (
-            "CONNECT_TIMEOUT",
-            {},
-            openai_handshake_hangs,
-            "could not open the OpenAI session",
-        ),
-        (
-            "CONNECT_TIMEOUT",
-            {},
-            no_start_comes,
-            "stream refused: no start message from Twilio",
-        ),
-        (
-            "BODY_TIMEOUT",
-            {},
-            a_webhook_body_never_ends,
-            "POST /incoming from 127.0.0.1: no body in time",
-        ),
-        ("BODY_TIMEOUT", {}, no_request_comes, ""),
-        (
-            "STREAM_WAIT",
-            {},
-            no_stream_comes,
-            f"[{CA1}] no stream in 0.2 s: session closed",
-        ),
-        (
-            "TWILIO_SILENCE",
-            {},
-            twilio_falls_silent,
-            "no message from Twilio for 0.2 s: hanging up",
-        ),
-        (
-            "SEND_TIMEOUT",
-            {},
-            functools.partial(stuck, side="OpenAI"),
-            "OpenAI stopped reading for 0.2 s: hanging up",
-        ),
-        (
-            "SEND_TIMEOUT",
-            {},
-            functools.partial(stuck, side="Twilio"),
-            "Twilio stopped reading for 0.2 s: hanging up",
-        ),
-        (
-            "GOODBYE_GRACE",
-            {},
-            the_last_mark_never_comes,
-            "the last mark never came back: going on",
-        ),
-        (
-            "REST_TIMEOUT",
-            {**REST, "record_calls": True},
-            twilios_api_hangs,
-            "not recorded",
-        ),
-    ],
-    ids=[
-        *("openai-handshake-hangs", "no-start-comes", "a-body-never-ends"),
-        *("no-request-comes", "no-stream-comes", "twilio-falls-silent"),
-        *("openai-stops-reading", "twilio-stops-reading", "the-last-mark-never-comes"),
-        "twilios-api-hangs",
-    ],
-)
+@pytest.mark.parametrize("constant, config, scenario, said", WAITS)
 @async_test
 async def test_every_wait_is_bounded(
     constant, config, scenario, said, monkeypatch, caplog
