@@ -1998,67 +1998,56 @@ async def play_out(twilio: FakeTwilio, session: Session, script: str):
     [
         pytest.param(  # the first second played, and 60 ms of the rest
             "at 1000; A says 500 500 500; at 2000; mark 1; at 2060; barge",
-            ["media a1", "media a2", "mark 1", "media a3", "clear", "media end"],
-            ["truncate item_A 1060"],
+            "media a1, media a2, mark 1, media a3, clear, media end",
+            "truncate item_A 1060",
             id="cut-where-playback-was",
         ),
         pytest.param(  # playback counts, not generation
             "A says 500 500 500; done; mark 1; at 40; barge",
-            [
-                "media a1",
-                "media a2",
-                "mark 1",
-                "media a3",
-                "mark 2",
-                "clear",
-                "media end",
-            ],
-            ["truncate item_A 1040"],
+            "media a1, media a2, mark 1, media a3, mark 2, clear, media end",
+            "truncate item_A 1040",
             id="after-the-reply-was-done",
         ),
         pytest.param(
             "A says 100; at 5000; barge",
-            ["media a1", "clear", "media end"],
-            ["truncate item_A 100"],
+            "media a1, clear, media end",
+            "truncate item_A 100",
             id="never-past-what-was-sent",
         ),
         pytest.param(  # a broken timestamp
             "at 1000; A says 100; at 500; barge",
-            ["media a1", "clear", "media end"],
-            ["truncate item_A 0"],
+            "media a1, clear, media end",
+            "truncate item_A 0",
             id="clock-goes-backwards",
         ),
         pytest.param(  # nothing to cut: no clear, no truncate
             "A says 100; done; mark 1; barge",
-            ["media a1", "mark 1", "media end"],
-            [],
+            "media a1, mark 1, media end",
+            "",
             id="played-to-its-end",
         ),
         pytest.param(
             "A says 100; barge; A late 100 100; B says 100",
-            ["media a1", "clear", "media b1", "mark 2", "media end"],
-            ["truncate item_A 0"],
+            "media a1, clear, media b1, mark 2, media end",
+            "truncate item_A 0",
             id="late-audio-of-a-cut-reply",
         ),
         pytest.param(  # Twilio returns the marks a clear flushed: they match nothing
             "A says 500 500; barge; at 200; B says 100 100; mark 1; at 250; barge",
-            [
-                *("media a1", "media a2", "mark 1", "clear"),
-                *("media b1", "media b2", "clear", "media end"),
-            ],
-            ["truncate item_A 0", "truncate item_B 50"],
+            "media a1, media a2, mark 1, clear, media b1, media b2, clear, media end",
+            "truncate item_A 0, truncate item_B 50",
             id="flushed-marks-are-not-heard",
         ),
         pytest.param(  # a new reply marks the end of the last; both are cut
             "A says 100; B says 100; barge",
-            ["media a1", "mark 1", "media b1", "clear", "media end"],
-            ["truncate item_A 0", "truncate item_B 0"],
+            "media a1, mark 1, media b1, clear, media end",
+            "truncate item_A 0, truncate item_B 0",
             id="a-reply-queued-behind",
         ),
         pytest.param(
             "A says 100; forged 1; at 20; A says 100; done",
-            ["media a1", "media a2", "mark 2", "media end"],
-            [],
+            "media a1, media a2, mark 2, media end",
+            "",
             id="a-mark-before-it-was-sent",
         ),
     ],
@@ -2067,6 +2056,10 @@ async def play_out(twilio: FakeTwilio, session: Session, script: str):
 async def test_a_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard(
     twilio, session, script, twilio_got, model_got, caplog
 ):
+    twilio_got, model_got = (
+        twilio_got.split(", "),
+        model_got.split(", ") if model_got else [],
+    )
     assert await play_out(twilio, session, script) == (twilio_got, model_got)
     for truncate in model_got:
         _, item, ms = truncate.split()
