@@ -3823,29 +3823,44 @@ async def test_help_or_an_unknown_argument_prints_the_usage_and_serves_nothing(
 # Log safety: text from a peer cannot forge a line, nor flood the log
 
 FORGED = "\nERROR forged line"
+HOSTILE = []  # config, a scenario with FORGED in a peer's text, the line logged
 
 
+def forges(shown: str, **config):
+    def register(hostile):
+        name = hostile.__name__.removeprefix("in_a_").removeprefix("in_an_")
+        HOSTILE.append(pytest.param(config, hostile, shown, id=name))
+        return hostile
+
+    return register
+
+
+@forges("example.com\\x85ERROR forged line", twilio_auth_token=TOKEN)
 async def in_a_host_header(w: World) -> None:
     headers = {"Host": "example.com\x85ERROR forged line"}  # \x85: a line break
     assert (await w.client.post("/incoming", data=FORM, headers=headers)).status == 403
 
 
+@forges("POST /incoming\\nERROR forged line: Not Found")
 async def in_a_path(w: World) -> None:
     assert (await w.client.post("/incoming%0AERROR forged line")).status == 404
 
 
+@forges("unknown Twilio event dance\\nERROR forged line ignored")
 async def in_a_twilio_event(w: World) -> None:
     twilio, session = await w.answered_call()
     await twilio.send(event="dance" + FORGED)
     await call_goes_on(twilio, session)
 
 
+@forges("keypad digit 1\\nERROR forged line ignored")
 async def in_a_keypress(w: World) -> None:
     twilio, session = await w.answered_call()
     await twilio.press("1" + FORGED)
     await call_goes_on(twilio, session)
 
 
+@forges("'x\\nERROR forged line'")
 async def in_a_tools_arguments(w: World) -> None:
     twilio, session = await w.answered_call()
     await call_tool(
@@ -3855,6 +3870,7 @@ async def in_a_tools_arguments(w: World) -> None:
     await call_goes_on(twilio, session)
 
 
+@forges("OpenAI error bad\\nERROR forged line: m")
 async def in_an_openai_error(w: World) -> None:
     twilio, session = await w.answered_call()
     error = {"type": "x", "code": "bad" + FORGED, "message": "m"}
@@ -3862,55 +3878,29 @@ async def in_an_openai_error(w: World) -> None:
     await call_goes_on(twilio, session)
 
 
+@forges("caller: Hi\\nERROR forged line")
 async def in_a_transcript(w: World) -> None:
     twilio, session = await w.answered_call()
     await transcribed(session, "user", "Hi" + FORGED)
     await call_goes_on(twilio, session)
 
 
+@forges("report: sentiment 0.6, lead score 80: Fine.\\nERROR forged line", **REPORTING)
 async def in_a_models_summary(w: World) -> None:
     w.responses.answers = [(200, good_but(summary="Fine." + FORGED + "x" * 300))]
     await w.caller_said("Hello?")
     await w.reported()
 
 
+@forges("answered by machine_end_beep\\nERROR forged", **REST)
 async def in_an_answering_machine(w: World) -> None:
     assert (await amd(w, "machine_end_beep" + FORGED)).status == 200
 
 
-@pytest.mark.parametrize(
-    "config, hostile, shown",
-    [
-        (SIGNED_BY, in_a_host_header, "example.com\\x85ERROR forged line"),
-        ({"config": {}}, in_a_path, "POST /incoming\\nERROR forged line: Not Found"),
-        (
-            {"config": {}},
-            in_a_twilio_event,
-            "unknown Twilio event dance\\nERROR forged line ignored",
-        ),
-        ({"config": {}}, in_a_keypress, "keypad digit 1\\nERROR forged line ignored"),
-        ({"config": {}}, in_a_tools_arguments, "'x\\nERROR forged line'"),
-        ({"config": {}}, in_an_openai_error, "OpenAI error bad\\nERROR forged line: m"),
-        ({"config": {}}, in_a_transcript, "caller: Hi\\nERROR forged line"),
-        (
-            {"config": REPORTING},
-            in_a_models_summary,
-            "report: sentiment 0.6, lead score 80: Fine.\\nERROR forged line",
-        ),
-        (
-            ACCOUNT,
-            in_an_answering_machine,
-            "answered by machine_end_beep\\nERROR forged",
-        ),
-    ],
-    ids=[
-        *("host-header", "path", "twilio-event", "keypress", "tool-arguments"),
-        *("openai-error", "transcript", "models-summary", "answered-by"),
-    ],
-)
+@pytest.mark.parametrize("config, hostile, shown", HOSTILE)
 @async_test
 async def test_hostile_text_cannot_forge_a_log_line(config, hostile, shown, caplog):
-    async with world(**config["config"]) as w:
+    async with world(**config) as w:
         await hostile(w)
     lines = caplog.text.splitlines()  # splits at \x85 and \u2028 too
     assert shown in caplog.text
