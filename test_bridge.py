@@ -1520,31 +1520,16 @@ async def test_a_replayed_webhook_gets_403_and_no_proof_even_after_its_call(w, c
 # ---------------------------------------------------------------------------
 # /media: the handshake's signature, `start`, its proof, replays
 
+MEDIA_SIGNATURE = sign("wss://example.com/media")["X-Twilio-Signature"]
+
 
 @pytest.mark.parametrize(
     "config, headers, refused",
     [
         (SIGNED_BY, sign("wss://example.com/media"), None),
         (SIGNED_BY, sign("wss://example.com/media/"), None),  # Twilio's docs: try it
-        (
-            SIGNED_BY,
-            {
-                "x-twilio-signature": sign("wss://example.com/media")[
-                    "X-Twilio-Signature"
-                ]
-            },
-            None,
-        ),
-        (
-            {
-                "config": {
-                    "twilio_auth_token": TOKEN,
-                    "public_url": "https://tunnel.example",
-                }
-            },
-            sign("wss://tunnel.example/media"),
-            None,
-        ),
+        (SIGNED_BY, {"x-twilio-signature": MEDIA_SIGNATURE}, None),
+        ({"config": TUNNEL}, sign("wss://tunnel.example/media"), None),
         (SIGNED_BY, sign("wss://evil.example/media"), "bad signature"),
         (SIGNED_BY, sign("https://example.com/media"), "bad signature"),
         (SIGNED_BY, {}, "bad signature"),
@@ -1641,9 +1626,8 @@ REPLAYED = sid("CA", 0xBAD)
 
 def replayed_start(proof: object) -> dict:
     parameters = {} if proof is None else {"proof": proof}
-    return {"streamSid": sid("MZ", 0xBAD), "callSid": REPLAYED} | {
-        "customParameters": parameters
-    }
+    ids = {"streamSid": sid("MZ", 0xBAD), "callSid": REPLAYED}
+    return ids | {"customParameters": parameters}
 
 
 @pytest.mark.parametrize(
