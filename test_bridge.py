@@ -594,6 +594,15 @@ async def expect(twilio: FakeTwilio, *messages: str) -> None:
     assert [in_short(await twilio.receive()) for _ in messages] == list(messages)
 
 
+def media_for(twilio: FakeTwilio, tag: str) -> dict:
+    """The message that brings the agent's audio `tag` to this call's caller."""
+    return {
+        "event": "media",
+        "streamSid": twilio.stream_sid,
+        "media": {"payload": audio(tag)},
+    }
+
+
 async def call_goes_on(twilio: FakeTwilio, session: Session) -> None:
     """The call still works both ways: caller audio up, agent audio down."""
     await twilio.speak("still here")
@@ -601,11 +610,7 @@ async def call_goes_on(twilio: FakeTwilio, session: Session) -> None:
     await say(session, "item_on", "on")
     while (message := await twilio.receive())["event"] != "media":
         pass
-    assert message == {
-        "event": "media",
-        "streamSid": twilio.stream_sid,
-        "media": {"payload": audio("on")},
-    }
+    assert message == media_for(twilio, "on")
 
 
 def socket_name(ws) -> str:
@@ -1685,9 +1690,8 @@ CA = "CA" + "1" * 32
     ],
 )
 def test_why_a_stream_is_refused(token, calls, parameters, why):
-    state = bridge.State(
-        bridge.Config(twilio_auth_token=token, max_calls=1), calls=calls
-    )
+    config = bridge.Config(twilio_auth_token=token, max_calls=1)
+    state = bridge.State(config, calls=calls)
     if "proof" in parameters:  # made now: a proof expires
         parameters = {"proof": bridge.call_proof(*parameters["proof"])}
     start = {"callSid": CA, "customParameters": parameters}
@@ -1703,9 +1707,8 @@ async def second_stream(w: World, proof: str) -> None:
     headers = {"Host": "example.com", **sign("wss://example.com/media")}
     twilio = FakeTwilio(await w.client.ws_connect("/media", headers=headers), 1)
     start = {"streamSid": twilio.stream_sid, "callSid": CA1}
-    await twilio.send(
-        event="start", start=start | {"customParameters": {"proof": proof}}
-    )
+    start["customParameters"] = {"proof": proof}
+    await twilio.send(event="start", start=start)
     await twilio.wait_closed()
 
 
@@ -1714,9 +1717,8 @@ async def test_a_proof_opens_one_stream_even_after_its_call_ended(w, caplog):
     proof = bridge.call_proof(TOKEN, CA1)
     twilio = await w.call(start=False)
     start = {"streamSid": twilio.stream_sid, "callSid": CA1}
-    await twilio.send(
-        event="start", start=start | {"customParameters": {"proof": proof}}
-    )
+    start["customParameters"] = {"proof": proof}
+    await twilio.send(event="start", start=start)
     await w.openai.session()
     await second_stream(w, proof)  # while the call is live
     await twilio.hang_up()
@@ -1890,11 +1892,7 @@ def test_a_chunk_grows_until_marked_and_is_named_by_its_number():
 @async_test
 async def test_agent_audio_goes_down_with_the_stream_sid_and_marks(twilio, session):
     await say(session, "item_A", *[f"a{i}" for i in range(1, 13)])  # 1.2 s
-    assert await twilio.receive() == {
-        "event": "media",
-        "streamSid": twilio.stream_sid,
-        "media": {"payload": audio("a1")},
-    }
+    assert await twilio.receive() == media_for(twilio, "a1")
     # A mark after every second of audio (MARK_EVERY_MS)...
     await expect(twilio, *[f"media a{i}" for i in range(2, 11)], "mark 1")
     await expect(twilio, "media a11", "media a12")
@@ -2204,11 +2202,8 @@ async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(w):
     w.api.answers = [(404, {"code": 20404, "message": "not found", "status": 404})]
     twilio, session = await transfer_call(w)
     await twilio.mark("1")
-    output = await tool_output(session)
-    assert (
-        output
-        == "error: the transfer failed: Twilio refused (HTTP 404): 20404 not found"
-    )
+    refused = "Twilio refused (HTTP 404): 20404 not found"
+    assert await tool_output(session) == f"error: the transfer failed: {refused}"
     await call_goes_on(twilio, session)
 
 
@@ -2554,11 +2549,7 @@ async def test_a_call_survives_a_malformed_or_unexpected_message(
         append("before"),
         append("after"),
     ]
-    assert await twilio.receive() == {
-        "event": "media",
-        "streamSid": twilio.stream_sid,
-        "media": {"payload": audio("a1")},
-    }
+    assert await twilio.receive() == media_for(twilio, "a1")
     assert said in caplog.text and "Traceback" not in caplog.text
 
 
@@ -3021,11 +3012,8 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
         "agent: Booked, Ada!",
     }
     output = request["text"]["format"]
-    assert (output["type"], output["name"], output["strict"]) == (
-        "json_schema",
-        "call_report",
-        True,
-    )
+    assert output["type"] == "json_schema" and output["strict"] is True
+    assert output["name"] == "call_report"
     schema = output["schema"]
     assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert schema["required"] == ["summary", "sentiment", "lead_score", "follow_up"]
@@ -3043,11 +3031,8 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
         *GOOD_REPORT,
     ]
     assert report["call_sid"] == twilio.call_sid
-    assert (report["from"], report["to"], report["direction"]) == (
-        "+15551230000",
-        "+15557650000",
-        "inbound",
-    )
+    parties = (report["from"], report["to"], report["direction"])
+    assert parties == ("+15551230000", "+15557650000", "inbound")
     started = datetime.datetime.fromisoformat(report["started"])
     assert started.utcoffset() == datetime.timedelta(0)
     age = datetime.datetime.now(datetime.UTC) - started
@@ -3536,18 +3521,15 @@ def test_a_missing_api_key_exits_naming_it():
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     done = exits(env)
     assert done.returncode != 0
-    assert (
-        done.stderr.strip()
-        == "OPENAI_API_KEY is not set: export your OpenAI API key first."
-    )
+    unset = "OPENAI_API_KEY is not set: export your OpenAI API key first."
+    assert done.stderr.strip() == unset
 
 
 def test_start_up_warns_when_signatures_are_not_checked(caplog):
     caplog.set_level(logging.WARNING)
     bridge.make_app(bridge.Config(openai_api_key="k"))
-    assert (
-        "TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)" in caplog.text
-    )
+    assert "TWILIO_AUTH_TOKEN is not set: requests are NOT verified" in caplog.text
+    assert "requests are NOT verified (dev)" in caplog.text
     caplog.clear()
     bridge.make_app(bridge.Config(openai_api_key="k", twilio_auth_token="t"))
     assert "TWILIO_AUTH_TOKEN" not in caplog.text
