@@ -519,6 +519,14 @@ def log_everything(caplog):
     caplog.set_level(logging.INFO, logger="bridge")
 
 
+@pytest.fixture
+def handed_on(monkeypatch) -> list[dict]:
+    """The reports handed to after_call (here a plain function that keeps them)."""
+    reports = []
+    monkeypatch.setattr(bridge, "after_call", reports.append)
+    return reports
+
+
 # ---------------------------------------------------------------------------
 # What a test does on a call
 
@@ -3090,10 +3098,8 @@ FAILURES = {
 @pytest.mark.parametrize("answered, why", FAILURES.values(), ids=FAILURES.keys())
 @async_test(shorten={"REPORT_TIMEOUT": 0.2})
 async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
-    answered, why, tmp_path, caplog, monkeypatch
+    answered, why, tmp_path, caplog, handed_on
 ):
-    handed_on = []
-    monkeypatch.setattr(bridge, "after_call", handed_on.append)  # a plain function
     async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
         if answered == "late":
             w.responses.answering.clear()
@@ -3110,17 +3116,13 @@ async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
     assert handed_on == [report]
 
 
-@async_test
+@async_test(**REPORTING)
 async def test_a_call_without_a_caller_turn_asks_no_model_but_is_reported(
-    monkeypatch,
+    twilio, session, w, handed_on
 ):
-    handed_on = []
-    monkeypatch.setattr(bridge, "after_call", handed_on.append)
-    async with world(**REPORTING) as w:
-        twilio, session = await w.answered_call()
-        await transcribed(session, "assistant", "Hello? Anybody there?")
-        await twilio.hang_up()
-        await w.reported()
+    await transcribed(session, "assistant", "Hello? Anybody there?")
+    await twilio.hang_up()
+    await w.reported()
     assert w.responses.requests == []
     [report] = handed_on
     assert report["call_sid"] == CA1 and report["turns"] == 1
@@ -3128,9 +3130,7 @@ async def test_a_call_without_a_caller_turn_asks_no_model_but_is_reported(
 
 
 @async_test
-async def test_without_report_model_there_is_no_report(tmp_path, monkeypatch):
-    handed_on = []
-    monkeypatch.setattr(bridge, "after_call", handed_on.append)
+async def test_without_report_model_there_is_no_report(tmp_path, handed_on):
     async with world(transcript_dir=str(tmp_path)) as w:
         twilio = await w.caller_said("Hello?")
         await w.reported()
@@ -3174,11 +3174,7 @@ async def test_the_report_says_the_call_was_recorded_and_transferred(tmp_path, c
 
 
 @async_test(transcript_dir="/nonexistent/transcripts", **REPORTING)
-async def test_an_unwritable_report_is_logged_and_still_handed_on(
-    w, caplog, monkeypatch
-):
-    handed_on = []
-    monkeypatch.setattr(bridge, "after_call", handed_on.append)
+async def test_an_unwritable_report_is_logged_and_still_handed_on(w, caplog, handed_on):
     await w.caller_said("Hello?")
     await w.reported()
     assert "report not written" in caplog.text
@@ -3201,10 +3197,8 @@ async def test_transcripts_and_reports_are_private(tmp_path, monkeypatch):
 
 @async_test
 async def test_the_models_strings_are_clean_before_anyone_sees_them(
-    tmp_path, monkeypatch
+    tmp_path, handed_on
 ):
-    handed_on = []
-    monkeypatch.setattr(bridge, "after_call", handed_on.append)
     hostile = {"summary": "\ud800\u2028\x00 x\ny", "sentiment": 0, "lead_score": 1}
     text = json.dumps(hostile | {"follow_up": "\x00"})
     message = {"type": "message", "content": [{"type": "output_text", "text": text}]}
