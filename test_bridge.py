@@ -1825,21 +1825,7 @@ async def test_amd_must_be_signed_and_is_acted_on_once(w, caplog):
 
 
 # ---------------------------------------------------------------------------
-# The call: caller audio up
-
-
-@async_test
-async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
-    w.openai.handshake_delay = 0.2  # frames keep coming while OpenAI answers
-    twilio = await w.call()
-    for i in range(30):
-        await twilio.speak(f"frame{i}")
-    session = await w.openai.session()
-    assert await session.audio_tags(30) == [f"frame{i}" for i in range(30)]
-
-
-# ---------------------------------------------------------------------------
-# Agent audio down, with marks
+# What the caller has heard: agent audio down, with marks
 
 
 @pytest.mark.parametrize("size", [160, 161, 162, 800])
@@ -2054,6 +2040,20 @@ async def test_a_barge_in_clears_twilio_and_truncates_to_what_the_caller_heard(
     for truncate in model_got:
         _, item, ms = truncate.split()
         assert f"barge-in: {item} cut at {ms} ms" in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# The call: caller audio up
+
+
+@async_test
+async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
+    w.openai.handshake_delay = 0.2  # frames keep coming while OpenAI answers
+    twilio = await w.call()
+    for i in range(30):
+        await twilio.speak(f"frame{i}")
+    session = await w.openai.session()
+    assert await session.audio_tags(30) == [f"frame{i}" for i in range(30)]
 
 
 # ---------------------------------------------------------------------------
