@@ -3692,14 +3692,13 @@ async def test_plain_tools_that_never_return_cannot_starve_the_process():
 # The `call` command: place a call
 
 
+PUBLIC = "https://bridge.example.com"
+
+
 def call_settings(w: World) -> dict:
-    return {
-        "TWILIO_ACCOUNT_SID": SID,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "TWILIO_NUMBER": "+15557650000",
-        "PUBLIC_URL": "https://bridge.example.com",
-        "TWILIO_API_URL": w.state.config.twilio_api_url,
-    }
+    settings = {"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": TOKEN}
+    settings |= {"TWILIO_NUMBER": "+15557650000", "PUBLIC_URL": PUBLIC}
+    return settings | {"TWILIO_API_URL": w.state.config.twilio_api_url}
 
 
 @async_test
@@ -3721,31 +3720,27 @@ async def test_the_call_command_places_a_call_to_our_webhook_and_prints_its_sid(
     }
 
 
+TO = ["+15551234567"]
+USAGE_CALL = "usage: python bridge.py call +15551234567"
+UNSET = ["TWILIO_NUMBER", "PUBLIC_URL"]
+
+
+def refused(status: int, code: int, message: str) -> tuple[tuple, str]:
+    """Twilio's answer that refuses a call, and what the command prints."""
+    answer = (status, {"code": code, "message": message})
+    return answer, f"Twilio refused (HTTP {status}): {code} {message}"
+
+
 @pytest.mark.parametrize(
     "arguments, unset, answer, message",
     [
-        (
-            ["+15551234567"],
-            ["TWILIO_NUMBER", "PUBLIC_URL"],
-            None,
-            "to place a call, set TWILIO_NUMBER, PUBLIC_URL",
-        ),
-        (["555-1234"], [], None, "usage: python bridge.py call +15551234567"),
-        (["+1 (555) 123"], [], None, "usage: python bridge.py call +15551234567"),
-        ([], [], None, "usage: python bridge.py call +15551234567"),
-        (
-            ["+15551234567"],
-            [],
-            (400, {"code": 21211, "message": "Invalid 'To' Phone Number"}),
-            "Twilio refused (HTTP 400): 21211 Invalid 'To' Phone Number",
-        ),
-        (
-            ["+15551234567"],
-            [],
-            (401, {"code": 20003, "message": "Authenticate"}),
-            "Twilio refused (HTTP 401): 20003 Authenticate",
-        ),
-        (["+15551234567"], ["TWILIO_API_URL"], None, "Twilio's API did not answer"),
+        (TO, UNSET, None, "to place a call, set TWILIO_NUMBER, PUBLIC_URL"),
+        (["555-1234"], [], None, USAGE_CALL),
+        (["+1 (555) 123"], [], None, USAGE_CALL),
+        ([], [], None, USAGE_CALL),
+        (TO, [], *refused(400, 21211, "Invalid 'To' Phone Number")),
+        (TO, [], *refused(401, 20003, "Authenticate")),
+        (TO, ["TWILIO_API_URL"], None, "Twilio's API did not answer"),
     ],
     ids=[
         *("missing-settings", "not-e164", "spaces", "no-number"),
