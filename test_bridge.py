@@ -479,12 +479,16 @@ async def world(**config):
             responses.answering.set()  # a late answer must not hold the fakes up
 
 
+TMP = "<tmp_path>"  # in async_test's config: the test's tmp_path
+
+
 def async_test(test=None, /, *, shorten: dict | None = None, **config):
     """Run an async test in a fresh event loop (no pytest plugin needed).
 
     A test that takes `w` runs in a world(**config); one that takes `twilio` and
     `session` too begins in a call answered and greeted. `shorten` sets bridge's
-    constants first, e.g. shorten={"TWILIO_SILENCE": 0.2}."""
+    constants first, e.g. shorten={"TWILIO_SILENCE": 0.2}; a setting of TMP is
+    the test's tmp_path, e.g. transcript_dir=TMP."""
     if test is None:
         return lambda test: async_test(test, shorten=shorten, **config)
     signature = inspect.signature(test)
@@ -495,7 +499,8 @@ def async_test(test=None, /, *, shorten: dict | None = None, **config):
     async def in_world(*args, **kwargs):
         if not wants:
             return await test(*args, **kwargs)
-        async with world(**config) as w:
+        tmp = str(kwargs.get("tmp_path"))
+        async with world(**{k: tmp if v is TMP else v for k, v in config.items()}) as w:
             given = {"w": w}
             if "twilio" in wants or "session" in wants:
                 given["twilio"], given["session"] = await w.answered_call()
@@ -1038,20 +1043,19 @@ async def test_a_tool_call_is_answered_with_its_output_then_a_response(twilio, s
 
 
 @async_test
-async def test_the_readmes_tool_example_works(monkeypatch):
+async def test_the_readmes_tool_example_works(w, monkeypatch):
     readme = pathlib.Path(__file__).with_name("README.md").read_text()
     blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
     (example,) = [block for block in blocks if "@tool(" in block]
     monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
     exec(example, vars(bridge).copy())  # registers office_open through @tool
-    async with world() as w:
-        await w.call()
-        session = await w.openai.session()
-        update = await session.next()
-        assert "office_open" in [t["name"] for t in update["session"]["tools"]]
-        assert await session.next() == {"type": "response.create"}
-        await call_tool(session, "office_open", '{"day": "Sunday"}')
-        assert await tool_output(session) == "closed"
+    await w.call()
+    session = await w.openai.session()
+    update = await session.next()
+    assert "office_open" in [t["name"] for t in update["session"]["tools"]]
+    assert await session.next() == {"type": "response.create"}
+    await call_tool(session, "office_open", '{"day": "Sunday"}')
+    assert await tool_output(session) == "closed"
 
 
 async def lookup(city: str) -> dict:
@@ -1085,30 +1089,28 @@ async def slow(**kwargs):
 )
 @async_test(shorten={"TOOL_TIMEOUT": 0.2})
 async def test_a_tools_output_or_failure_is_told_to_the_model_and_the_call_goes_on(
-    name, arguments, expected, monkeypatch, caplog
+    w, name, arguments, expected, monkeypatch, caplog
 ):
     for tool in (lookup, broken, slow):
         monkeypatch.setitem(bridge.TOOLS, tool.__name__, (tool, {}))
-    async with world() as w:
-        twilio, session = await w.answered_call()
-        await call_tool(session, name, arguments)
-        assert (await tool_output(session)).startswith(expected)
-        assert f"the model calls {name}({arguments})" in caplog.text
-        assert (f"tool {expected}" in caplog.text) == expected.startswith("error:")
-        await call_goes_on(twilio, session)
+    twilio, session = await w.answered_call()
+    await call_tool(session, name, arguments)
+    assert (await tool_output(session)).startswith(expected)
+    assert f"the model calls {name}({arguments})" in caplog.text
+    assert (f"tool {expected}" in caplog.text) == expected.startswith("error:")
+    await call_goes_on(twilio, session)
 
 
 @async_test
-async def test_a_tools_huge_output_is_cut_with_a_note(monkeypatch):
+async def test_a_tools_huge_output_is_cut_with_a_note(w, monkeypatch):
     def echo(**arguments) -> str:
         return "x" * 2_000_000
 
     monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
     bridge.tool("Echo.", {"type": "object"})(echo)
-    async with world() as w:
-        twilio, session = await w.answered_call()
-        await call_tool(session, "echo", "{}")
-        output = await tool_output(session)
+    twilio, session = await w.answered_call()
+    await call_tool(session, "echo", "{}")
+    output = await tool_output(session)
     assert len(output) < bridge.MAX_TOOL_OUTPUT + 100
     assert output.endswith(
         f"[cut: {2_000_000 - bridge.MAX_TOOL_OUTPUT} characters more]"
@@ -1117,7 +1119,7 @@ async def test_a_tools_huge_output_is_cut_with_a_note(monkeypatch):
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["async", "plain"])
 @async_test
-async def test_a_running_tool_does_not_hold_up_the_audio(blocking, monkeypatch):
+async def test_a_running_tool_does_not_hold_up_the_audio(w, blocking, monkeypatch):
     release = threading.Event()
 
     def wait_blocking() -> str:  # a plain function that blocks: it gets a thread
@@ -1130,16 +1132,17 @@ async def test_a_running_tool_does_not_hold_up_the_audio(blocking, monkeypatch):
 
     tool = wait_blocking if blocking else wait_async
     monkeypatch.setitem(bridge.TOOLS, "wait", (tool, {}))
-    async with world() as w:
-        twilio, session = await w.answered_call()
-        await call_tool(session, "wait", "{}")
-        await call_goes_on(twilio, session)
-        release.set()
-        assert await tool_output(session) == "done"
+    twilio, session = await w.answered_call()
+    await call_tool(session, "wait", "{}")
+    await call_goes_on(twilio, session)
+    release.set()
+    assert await tool_output(session) == "done"
 
 
 @async_test
-async def test_a_tool_still_running_when_the_caller_hangs_up_is_cancelled(monkeypatch):
+async def test_a_tool_still_running_when_the_caller_hangs_up_is_cancelled(
+    w, monkeypatch
+):
     started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def forever() -> str:
@@ -1150,13 +1153,12 @@ async def test_a_tool_still_running_when_the_caller_hangs_up_is_cancelled(monkey
             cancelled.set()
 
     monkeypatch.setitem(bridge.TOOLS, "forever", (forever, {}))
-    async with world() as w:
-        twilio, session = await w.answered_call()
-        await call_tool(session, "forever", "{}")
-        await asyncio.wait_for(started.wait(), TIMEOUT)
-        await twilio.hang_up()
-        await asyncio.wait_for(cancelled.wait(), TIMEOUT)
-        await wound_down(w.app)
+    twilio, session = await w.answered_call()
+    await call_tool(session, "forever", "{}")
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    await twilio.hang_up()
+    await asyncio.wait_for(cancelled.wait(), TIMEOUT)
+    await wound_down(w.app)
 
 
 @pytest.mark.parametrize(
@@ -1184,18 +1186,17 @@ async def test_the_model_hears_who_is_calling_before_it_greets(w, parameters, to
 
 
 @async_test
-async def test_instructions_for_can_give_each_call_its_own(monkeypatch):
+async def test_instructions_for_can_give_each_call_its_own(w, monkeypatch):
     def looked_up(config, call):
         return f"The caller is Ada Lovelace ({call['From']}); greet her by name."
 
     monkeypatch.setattr(bridge, "instructions_for", looked_up)
-    async with world() as w:
-        twilio = await w.call(start=False)
-        await twilio.start(CALLER)
-        update = await (await w.openai.session()).next()
-        assert update["session"]["instructions"] == (
-            "The caller is Ada Lovelace (+15551230000); greet her by name."
-        )
+    twilio = await w.call(start=False)
+    await twilio.start(CALLER)
+    update = await (await w.openai.session()).next()
+    assert update["session"]["instructions"] == (
+        "The caller is Ada Lovelace (+15551230000); greet her by name."
+    )
 
 
 async def broken_after(report):
@@ -1219,16 +1220,15 @@ async def hanging_after(report):
     ],
     ids=["async-raises", "plain-raises", "hangs"],
 )
-@async_test(shorten={"TOOL_TIMEOUT": 0.2})
+@async_test(transcript_dir=TMP, **REPORTING, shorten={"TOOL_TIMEOUT": 0.2})
 async def test_a_failing_after_call_is_logged_and_harms_nothing(
-    function, logged_text, tmp_path, caplog, monkeypatch
+    w, function, logged_text, tmp_path, caplog, monkeypatch
 ):
     monkeypatch.setattr(bridge, "after_call", function)
-    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
-        first = await w.caller_said("Hello?")
-        await w.reported()
-        second = await w.caller_said("Hello again?")  # the next call is as good
-        await w.reported()
+    first = await w.caller_said("Hello?")
+    await w.reported()
+    second = await w.caller_said("Hello again?")  # the next call is as good
+    await w.reported()
     assert caplog.text.count(logged_text) == 2
     assert report_file(tmp_path, first)["lead_score"] == 80
     assert report_file(tmp_path, second)["lead_score"] == 80
@@ -2092,24 +2092,22 @@ async def test_a_key_pressed_mid_reply_cancels_it_then_is_answered(twilio, sessi
     assert await session.next() == {"type": "response.create"}
 
 
-@async_test(shorten={"KEYS_PAUSE": 0.2})
+@async_test(transcript_dir=TMP, **REPORTING, shorten={"KEYS_PAUSE": 0.2})
 async def test_a_burst_of_keys_is_one_turn_one_reply_and_no_digits_logged(
-    tmp_path, caplog
+    twilio, session, w, tmp_path, caplog
 ):
-    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
-        twilio, session = await w.answered_call()
-        for digit in "4711":
-            await twilio.press(digit)
-        item = await session.next_of("conversation.item.create")
-        text = item["item"]["content"][0]["text"]
-        assert text == "The caller pressed 4711 on the keypad."
-        assert await session.next() == {"type": "response.create"}
-        await expire(session)
-        second = await w.openai.session()
-        assert (await second.next())["type"] == "session.update"
-        assert (await second.next())["item"]["content"][0]["text"] == "pressed 4711"
-        await twilio.hang_up()
-        await w.reported()
+    for digit in "4711":
+        await twilio.press(digit)
+    item = await session.next_of("conversation.item.create")
+    text = item["item"]["content"][0]["text"]
+    assert text == "The caller pressed 4711 on the keypad."
+    assert await session.next() == {"type": "response.create"}
+    await expire(session)
+    second = await w.openai.session()
+    assert (await second.next())["type"] == "session.update"
+    assert (await second.next())["item"]["content"][0]["text"] == "pressed 4711"
+    await twilio.hang_up()
+    await w.reported()
     assert "caller pressed 4 keys" in caplog.text and "4711" not in caplog.text
     lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["text"] == "pressed 4711"
@@ -2226,18 +2224,17 @@ async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(w):
     ],
     ids=["recorded", "refused"],
 )
-@async_test
+@async_test(**REST, record_calls=True)
 async def test_a_recorded_call_asks_twilio_for_both_channels_at_start(
-    answer, said, caplog
+    w, answer, said, caplog
 ):
-    async with world(**REST, record_calls=True) as w:
-        w.api.answers = [answer]
-        twilio, session = await w.answered_call()
-        path, auth, form = await w.api.request()
-        assert path == f"/2010-04-01/Accounts/{SID}/Calls/{CA1}/Recordings.json"
-        assert (auth, form) == (BASIC, {"RecordingChannels": "dual"})
-        await logged(caplog, f"[{CA1}] {said}")
-        await call_goes_on(twilio, session)
+    w.api.answers = [answer]
+    twilio, session = await w.answered_call()
+    path, auth, form = await w.api.request()
+    assert path == f"/2010-04-01/Accounts/{SID}/Calls/{CA1}/Recordings.json"
+    assert (auth, form) == (BASIC, {"RecordingChannels": "dual"})
+    await logged(caplog, f"[{CA1}] {said}")
+    await call_goes_on(twilio, session)
 
 
 @pytest.mark.parametrize(
@@ -2271,19 +2268,19 @@ def summary_of(caplog) -> str:
     return line
 
 
-@async_test
-async def test_turns_latency_and_a_summary_are_logged_and_transcribed(tmp_path, caplog):
-    async with world(transcript_dir=str(tmp_path)) as w:
-        twilio, session = await w.answered_call()
-        await transcribed(session, "user", "My name is Ada.")
-        await speech_stopped(session)
-        await say(session, "item_A", "a1", "a2")  # the latency is to the first delta
-        await expect(twilio, "media a1", "media a2")
-        await transcribed(session, "assistant", "Nice to meet you, Ada.")
-        await speech_started(session)  # a barge-in, for the summary
-        await expect(twilio, "clear")
-        await twilio.hang_up()
-        await wound_down(w.app)  # the summary is the call's last line
+@async_test(transcript_dir=TMP)
+async def test_turns_latency_and_a_summary_are_logged_and_transcribed(
+    twilio, session, w, tmp_path, caplog
+):
+    await transcribed(session, "user", "My name is Ada.")
+    await speech_stopped(session)
+    await say(session, "item_A", "a1", "a2")  # the latency is to the first delta
+    await expect(twilio, "media a1", "media a2")
+    await transcribed(session, "assistant", "Nice to meet you, Ada.")
+    await speech_started(session)  # a barge-in, for the summary
+    await expect(twilio, "clear")
+    await twilio.hang_up()
+    await wound_down(w.app)  # the summary is the call's last line
     tag = f"[{CA1}]"
     assert f"{tag} caller: My name is Ada." in caplog.text
     assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
@@ -2985,9 +2982,9 @@ async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending(w, capl
 # After the call: the report
 
 
-@async_test
+@async_test(transcript_dir=TMP, **REPORTING)
 async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on(
-    tmp_path, caplog, monkeypatch
+    w, tmp_path, caplog, monkeypatch
 ):
     handed_on = []
 
@@ -2995,19 +2992,18 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
         handed_on.append(report)
 
     monkeypatch.setattr(bridge, "after_call", after_call)
-    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
-        twilio = await w.call(start=False)
-        await twilio.start(CALLER)
-        session = await w.openai.session()
-        await transcribed(session, "assistant", "Hello, Acme here.")
-        await transcribed(session, "user", "A table for two, please. I'm Ada.")
-        await speech_stopped(session)
-        await say(session, "item_A", "a1")
-        await expect(twilio, "media a1")
-        await transcribed(session, "assistant", "Booked, Ada!")
-        await twilio.hang_up()
-        await w.reported()
-        auth, request = w.responses.requests[0]
+    twilio = await w.call(start=False)
+    await twilio.start(CALLER)
+    session = await w.openai.session()
+    await transcribed(session, "assistant", "Hello, Acme here.")
+    await transcribed(session, "user", "A table for two, please. I'm Ada.")
+    await speech_stopped(session)
+    await say(session, "item_A", "a1")
+    await expect(twilio, "media a1")
+    await transcribed(session, "assistant", "Booked, Ada!")
+    await twilio.hang_up()
+    await w.reported()
+    auth, request = w.responses.requests[0]
     assert auth == "Bearer sk-test" and len(w.responses.requests) == 1
     assert set(request) == {"model", "input", "text"}
     assert request["model"] == "gpt-5.4-mini"
@@ -3096,17 +3092,16 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("answered, why", FAILURES.values(), ids=FAILURES.keys())
-@async_test(shorten={"REPORT_TIMEOUT": 0.2})
+@async_test(transcript_dir=TMP, **REPORTING, shorten={"REPORT_TIMEOUT": 0.2})
 async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
-    answered, why, tmp_path, caplog, handed_on
+    w, answered, why, tmp_path, caplog, handed_on
 ):
-    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
-        if answered == "late":
-            w.responses.answering.clear()
-        else:
-            w.responses.answers = [answered]
-        twilio = await w.caller_said("Hello?")
-        await w.reported()
+    if answered == "late":
+        w.responses.answering.clear()
+    else:
+        w.responses.answers = [answered]
+    twilio = await w.caller_said("Hello?")
+    await w.reported()
     report = report_file(tmp_path, twilio)
     assert report["turns"] == 1 and not {"summary", "sentiment"} & set(report)
     assert why in report["error"] and len(report["error"]) <= 303
@@ -3129,11 +3124,10 @@ async def test_a_call_without_a_caller_turn_asks_no_model_but_is_reported(
     assert not {"summary", "error"} & set(report)
 
 
-@async_test
-async def test_without_report_model_there_is_no_report(tmp_path, handed_on):
-    async with world(transcript_dir=str(tmp_path)) as w:
-        twilio = await w.caller_said("Hello?")
-        await w.reported()
+@async_test(transcript_dir=TMP)
+async def test_without_report_model_there_is_no_report(w, tmp_path, handed_on):
+    twilio = await w.caller_said("Hello?")
+    await w.reported()
     assert w.responses.requests == [] and handed_on == []
     assert [p.name for p in tmp_path.iterdir()] == [f"{twilio.call_sid}.jsonl"]
 
@@ -3195,18 +3189,17 @@ async def test_transcripts_and_reports_are_private(tmp_path, monkeypatch):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
-@async_test
+@async_test(transcript_dir=TMP, **REPORTING)
 async def test_the_models_strings_are_clean_before_anyone_sees_them(
-    tmp_path, handed_on
+    w, tmp_path, handed_on
 ):
     hostile = {"summary": "\ud800\u2028\x00 x\ny", "sentiment": 0, "lead_score": 1}
     text = json.dumps(hostile | {"follow_up": "\x00"})
     message = {"type": "message", "content": [{"type": "output_text", "text": text}]}
     body = {"status": "completed", "output": [message]}
-    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
-        w.responses.answers = [(200, json.dumps(body))]
-        twilio = await w.caller_said("Hello?\x00")
-        await w.reported()
+    w.responses.answers = [(200, json.dumps(body))]
+    twilio = await w.caller_said("Hello?\x00")
+    await w.reported()
     [report] = handed_on
     assert (report["summary"], report["follow_up"]) == (" x\ny", "")
     assert report_file(tmp_path, twilio)["summary"] == " x\ny"
@@ -3267,33 +3260,31 @@ async def test_a_drain_logs_how_many_calls_are_left(twilio, session, w, caplog):
     await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
 
 
-@async_test
-async def test_a_drain_waits_for_a_report_in_flight(tmp_path):
-    async with world(transcript_dir=str(tmp_path), drain_seconds=60, **REPORTING) as w:
-        w.responses.answering.clear()
-        twilio = await w.caller_said("Call me back tomorrow.")
-        await w.responses.request()  # the call has ended; its report is in flight
-        assert w.state.calls == {}
-        draining = asyncio.create_task(bridge.drain(w.app))
-        w.responses.answering.set()
-        await asyncio.wait_for(draining, TIMEOUT)
-        assert report_file(tmp_path, twilio)["lead_score"] == 80  # written before
+@async_test(transcript_dir=TMP, drain_seconds=60, **REPORTING)
+async def test_a_drain_waits_for_a_report_in_flight(w, tmp_path):
+    w.responses.answering.clear()
+    twilio = await w.caller_said("Call me back tomorrow.")
+    await w.responses.request()  # the call has ended; its report is in flight
+    assert w.state.calls == {}
+    draining = asyncio.create_task(bridge.drain(w.app))
+    w.responses.answering.set()
+    await asyncio.wait_for(draining, TIMEOUT)
+    assert report_file(tmp_path, twilio)["lead_score"] == 80  # written before
 
 
-@async_test
+@async_test(transcript_dir=TMP, **REPORTING)
 async def test_shutdown_hangs_up_every_call_and_waits_for_their_reports(
-    tmp_path, caplog
+    w, tmp_path, caplog
 ):
-    async with world(transcript_dir=str(tmp_path), **REPORTING) as w:
-        calls = [await w.answered_call() for _ in range(5)]
-        await transcribed(calls[0][1], "user", "Are you open on Sunday?")
-        await logged(caplog, "caller: Are you open on Sunday?")
-        closed = [side.wait_closed() for call in calls for side in call]
-        # Twilio answers the close frames while the server shuts down.
-        closing = asyncio.gather(w.client.server.close(), *closed)
-        await asyncio.wait_for(closing, TIMEOUT)
-        assert w.state.calls == {} and w.state.reports == set()
-        assert report_file(tmp_path, calls[0][0])["lead_score"] == 80
+    calls = [await w.answered_call() for _ in range(5)]
+    await transcribed(calls[0][1], "user", "Are you open on Sunday?")
+    await logged(caplog, "caller: Are you open on Sunday?")
+    closed = [side.wait_closed() for call in calls for side in call]
+    # Twilio answers the close frames while the server shuts down.
+    closing = asyncio.gather(w.client.server.close(), *closed)
+    await asyncio.wait_for(closing, TIMEOUT)
+    assert w.state.calls == {} and w.state.reports == set()
+    assert report_file(tmp_path, calls[0][0])["lead_score"] == 80
     assert "shutting down: closing 5 calls" in caplog.text
     assert "all calls ended" in caplog.text
 
