@@ -641,13 +641,18 @@ async def twilio_rest(
     login = base64.b64encode(f"{account}:{config.twilio_auth_token}".encode())
     auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
     timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
+    method = "GET" if form is None else "POST"
+    options = {"data": form, "headers": auth, "timeout": timeout}
+    response = None
     try:
-        method = "GET" if form is None else "POST"
-        options = {"data": form, "headers": auth, "timeout": timeout}
         async with http.request(method, url, **options) as response:
             answer = json.loads(await read_at_most(response, MAX_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
-        raise TwilioError(f"Twilio's API did not answer: {printable(exc)}") from None
+        if response is None or response.status < 400:
+            raise TwilioError(
+                f"Twilio's API did not answer: {printable(exc)}"
+            ) from None
+        answer = {}  # an error page, not Twilio's JSON (a proxy's 404): the status says
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
         code = printable(error.get("code"))
@@ -976,8 +981,7 @@ class Call:
         elif event_type == "dtmf" and event["dtmf"]["digit"] in KEYPAD:
             await self.on_keypress(event["dtmf"]["digit"])
         elif event_type == "dtmf":
-            digit = printable(event["dtmf"]["digit"])
-            self.log.warning("keypad digit %s ignored: not 0-9, *, # or A-D", digit)
+            self.log.warning("a keypad digit ignored: not 0-9, *, # or A-D")
         elif event_type == "start":
             self.log.warning("second start message ignored")
         elif event_type != "connected":
@@ -989,14 +993,15 @@ class Call:
         if not self.keys:
             await self.interrupt()
             self.start(self.keys_pressed())
-        self.keys += digit
+        if len(self.keys) < MAX_KEYS:  # more are dropped
+            self.keys += digit
         self.keys_at = time.monotonic()
 
     async def keys_pressed(self) -> None:
         """Once the caller pauses, the keys are one turn, and the model answers."""
         while (wait := self.keys_at + KEYS_PAUSE - time.monotonic()) > 0:
             await asyncio.sleep(wait)
-        keys, self.keys = self.keys[:MAX_KEYS], ""
+        keys, self.keys = self.keys, ""
         self.log.info("caller pressed %s", plural(len(keys), "key"))  # not which
         self.caller_turns += 1
         self.add_turn("user", f"pressed {keys}")
@@ -1102,6 +1107,7 @@ class Call:
         """Give the model a function call's output, and let it speak again."""
         if output.startswith("error:"):
             self.log.warning("tool %s", printable(output, 300))
+        output = masked(output)  # a tool's error may hold a secret; the model speaks
         if len(output) > MAX_TOOL_OUTPUT:  # an error may echo a huge argument
             cut = len(output) - MAX_TOOL_OUTPUT
             output = output[:MAX_TOOL_OUTPUT] + f" [cut: {cut} characters more]"
@@ -1295,6 +1301,7 @@ class Realtime:
         url = f"{config.openai_realtime_url}?model={config.openai_model}"
         if not await self.connect(url):
             return False
+        self.responding = False  # a new session has no response yet
         turns = call.kind != "voicemail"
         await call.send(self.socket, session_update(config, call.instructions, turns))
         for role, text in call.turns[-REPLAY_TURNS:]:
@@ -1540,6 +1547,9 @@ def make_app(config: Config) -> web.Application:
     for name in ("OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"):
         if len(secret := getattr(config, name.lower())) >= 8:  # not a test's "t"
             SECRETS[secret] = name
+    if config.twilio_account_sid and config.twilio_auth_token:  # its basic auth
+        login = f"{config.twilio_account_sid}:{config.twilio_auth_token}"
+        SECRETS[base64.b64encode(login.encode()).decode()] = "TWILIO_AUTH_TOKEN"
     # lingering_time=0: a request whose body never came is closed at once, not
     # read for 10 s more.
     # keepalive_timeout: a connection that sends no request, or only half of one,
@@ -1630,11 +1640,12 @@ async def health(request: web.Request) -> web.Response:
     """For a load balancer: 200 while the bridge takes calls; 503 while it drains,
     or is full (a call sent here would hear busy)."""
     state = request.app[STATE]
-    full = len(state.calls) >= state.config.max_calls
+    calls = len(state.calls) + len(state.waiting)  # streams before `start` too
+    full = calls >= state.config.max_calls
     busy = "draining" if state.drain_until is not None else "full" if full else ""
     status = {
         "status": busy or "ok",
-        "calls": len(state.calls) + len(state.waiting),  # streams before `start` too
+        "calls": calls,
         "max_calls": state.config.max_calls,
     }
     return web.json_response(status, status=503 if busy else 200)
@@ -1860,8 +1871,9 @@ def main() -> None:
 
 def printable(value: object, limit: int = 80) -> str:
     # Text from a peer, fit for one log line: cut short, and control characters escaped,
-    # so a newline in a CallSid cannot forge a line of its own.
-    text = str(value)
+    # so a newline in a CallSid cannot forge a line of its own. Secrets are masked
+    # before the cut, which could leave a piece of one that no mask would match.
+    text = masked(str(value))
     text = text[:limit] + ("..." if len(text) > limit else "")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
@@ -2025,15 +2037,17 @@ def first_time(seen: dict[str, None], key: str) -> bool:
 
 def write_private(path: Path, text: str, append: bool = False) -> None:
     """Write a file only its owner may read: transcripts and reports are private."""
-    mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    mode = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW  # not through a planted link
+    mode |= os.O_APPEND if append else os.O_TRUNC
     with open(os.open(path, mode, 0o600), "w", encoding="utf-8") as file:
         file.write(masked(text))
 
 
 def clean(text: str) -> str:
     """A model's text, safe to store: no control characters, lone surrogates (not
-    UTF-8) or NULs (which PostgreSQL's jsonb refuses); line breaks and tabs stay."""
-    return "".join(c for c in text if c.isprintable() or c in "\n\t")
+    UTF-8) or NULs (which PostgreSQL's jsonb refuses); line breaks and tabs stay;
+    and no secret, should the model repeat one."""
+    return masked("".join(c for c in text if c.isprintable() or c in "\n\t"))
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
