@@ -112,6 +112,11 @@ def bridge_tasks() -> list[asyncio.Task]:
     ]
 
 
+def running() -> list[str]:
+    """The names of the coroutines bridge_tasks() run."""
+    return [task.get_coro().__name__ for task in bridge_tasks()]
+
+
 async def until(condition, what: str) -> None:
     """Wait (generously) until condition() is true."""
     async with asyncio.timeout(TIMEOUT):
@@ -1292,194 +1297,114 @@ async def test_the_webhook_gives_each_call_a_proof_its_stream_must_show(w):
     assert not bridge.proof_ok(TOKEN, CA1, "9999999999:" + "0" * 64)
 
 
-SIGNED = {"Host": "example.com", **sign("https://example.com/incoming", FORM)}
-SIGNED_BY = {"config": {"twilio_auth_token": TOKEN}}
-DEV_BOX = {"config": {}}  # no TWILIO_AUTH_TOKEN: unsigned requests are taken
-ACCOUNT = {"config": REST}
-MALFORMED_BODY = "POST /incoming from 127.0.0.1: malformed body"
-BAD_SIGNATURE = "POST /incoming from 127.0.0.1: bad signature"
-
-
-def signed(form: dict, url: str = "https://example.com/incoming") -> dict:
-    return {"Host": "example.com", **sign(url, form)}
-
-
-def knock(id: str, status: int, logged: str | None = None, **request) -> object:
-    return pytest.param({"status": status, "logged": logged, **request}, id=id)
-
-
-OURS, THEIRS = {**FORM, "AccountSid": SID}, {**FORM, "AccountSid": "AC" + "f" * 32}
-URLENCODED = "application/x-www-form-urlencoded"
-MULTIPART = "multipart/form-data; boundary=xx"
+BY = {"twilio_auth_token": TOKEN}  # signatures checked
+DEV_BOX: dict = {}  # no TWILIO_AUTH_TOKEN: unsigned requests are taken
+TUNNEL = BY | {"public_url": "https://tunnel.example"}
 FROM_US = "POST /incoming from 127.0.0.1: "
-TUNNEL = {"twilio_auth_token": TOKEN, "public_url": "https://tunnel.example"}
-DOOR = [
-    knock("signed", 200, headers=SIGNED, **SIGNED_BY),
-    knock(
-        "signed-with-443",
-        200,
-        headers=signed(FORM, "https://example.com:443/incoming"),
-        **SIGNED_BY,
-    ),
-    knock(
-        "host-with-443", 200, headers={**SIGNED, "Host": "example.com:443"}, **SIGNED_BY
-    ),
+BAD, MALFORMED = FROM_US + "bad signature", FROM_US + "malformed body"
+OURS, THEIRS = {**FORM, "AccountSid": SID}, {**FORM, "AccountSid": "AC" + "f" * 32}
+URLENCODED, MULTIPART = "application/x-www-form-urlencoded", "multipart/form-data"
+ESCAPED = URLENCODED + "; charset=unicode_escape"
+NO_SID, ANOTHER = "no CallSid, or not one", FROM_US + "from another site: "
+TUNNEL_URL = "https://tunnel.example/incoming"
+
+
+def typed(kind: str, **headers) -> dict:
+    return {"Content-Type": kind, **headers}
+
+
+def signed(form=FORM, base="https://example.com", host="example.com") -> dict:
+    return {"Host": host, **sign(f"{base}/incoming", form)}
+
+
+def knock(status: int, logged: str | None = None, config: dict = BY, **request):
+    """A request to the webhook, the status it gets and the one line it logs."""
+    return config, status, logged, request
+
+
+def malformed(kind: str, body: bytes, **headers) -> tuple:
+    return knock(400, MALFORMED, DEV_BOX, headers=typed(kind, **headers), body=body)
+
+
+CHECKED = BAD + " (checked https://example.com/incoming)"
+EVIL = {"Origin": "https://evil.example"}
+REBOUND = {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}
+WRONG = "(the webhook is POST /incoming)"
+DOOR = {
+    "signed": knock(200, headers=signed()),
+    "signed-with-443": knock(200, headers=signed(base="https://example.com:443")),
+    "host-with-443": knock(200, headers=signed(host="example.com:443")),
     # checked against PUBLIC_URL: the Host is 127.0.0.1
-    knock(
-        "behind-a-tunnel",
-        200,
-        headers=sign("https://tunnel.example/incoming", FORM),
-        config=TUNNEL,
-    ),
-    knock("our-account", 200, form=OURS, headers=signed(OURS), **ACCOUNT),
-    knock(
-        "changed-field",
-        403,
-        f"{BAD_SIGNATURE} (checked https://example.com/incoming)",
-        form={**FORM, "From": "+1900"},
-        headers=SIGNED,
-        **SIGNED_BY,
-    ),
-    knock(
-        "other-url",
-        403,
-        BAD_SIGNATURE,
-        headers=signed(FORM, "https://evil.example/incoming"),
-        **SIGNED_BY,
-    ),
-    knock(
-        "http",
-        403,
-        BAD_SIGNATURE,
-        headers=signed(FORM, "http://example.com/incoming"),
-        **SIGNED_BY,
-    ),
-    knock("unsigned", 403, BAD_SIGNATURE, **SIGNED_BY),
-    knock(
-        "junk",
-        403,
-        BAD_SIGNATURE,
-        headers={"X-Twilio-Signature": "ünïcode"},
-        **SIGNED_BY,
-    ),
-    knock(  # a lone surrogate, once the charset has decoded it
-        "surrogate",
-        403,
-        BAD_SIGNATURE,
-        body=b"CallSid=\\ud800",
-        headers={"Content-Type": URLENCODED + "; charset=unicode_escape"},
-        **SIGNED_BY,
-    ),
+    "behind-a-tunnel": knock(200, None, TUNNEL, headers=sign(TUNNEL_URL, FORM)),
+    "our-account": knock(200, None, REST, form=OURS, headers=signed(OURS)),
+    "changed-field": knock(403, CHECKED, form=FORM | {"From": "+1"}, headers=signed()),
+    "other-url": knock(403, BAD, headers=signed(base="https://evil.example")),
+    "http": knock(403, BAD, headers=signed(base="http://example.com")),
+    "unsigned": knock(403, BAD),
+    "junk": knock(403, BAD, headers={"X-Twilio-Signature": "ünïcode"}),
+    # a lone surrogate, once the charset has decoded it
+    "surrogate": knock(403, BAD, body=b"CallSid=\\ud800", headers=typed(ESCAPED)),
     # Twilio's signature glues names and values together, so the fields after
     # CallSid moved into its value keep it valid: one capture, many "calls".
-    *(
-        knock(
-            id,
-            400,
-            FROM_US + "no CallSid, or not one",
-            form=form,
-            headers=signed(form),
-            **ACCOUNT,
-        )
-        for id, form in [
-            ("re-split", {"CallSid": CA1 + "From+14158675310", "To": "+18005551212"}),
-            ("re-split-all", {"CallSid": CA1 + "From+14158675310To+18005551212"}),
-            ("short", {"CallSid": "CA1", "From": "+14158675310"}),
-            ("none", {"From": "+14158675310"}),
+    **{
+        id: knock(400, FROM_US + why, REST, form=form, headers=signed(form))
+        for id, why, form in [
+            ("re-split", NO_SID, {"CallSid": CA1 + "From+14158675310", "To": "+1800"}),
+            ("re-split-all", NO_SID, {"CallSid": CA1 + "From+14158675310To+1800"}),
+            ("short", NO_SID, {"CallSid": "CA1", "From": "+14158675310"}),
+            ("none", NO_SID, {"From": "+14158675310"}),
+            ("other-account", "another account's call", THEIRS),
         ]
-    ),
-    knock(
-        "other-account",
-        400,
-        FROM_US + "another account's call",
-        form=THEIRS,
-        headers=signed(THEIRS),
-        **ACCOUNT,
-    ),
+    },
     # A dev box: still, another web site open in its browser must not place calls.
-    knock(
-        "another-site",
-        403,
-        FROM_US + "from another site: https://evil.example",
-        headers={"Origin": "https://evil.example"},
-        **DEV_BOX,
+    "another-site": knock(403, ANOTHER + "https://evil.example", DEV_BOX, headers=EVIL),
+    # DNS rebinding: a site whose name points here sends its own Host
+    "dns-rebinding": knock(
+        403, ANOTHER + "http://evil.example:", DEV_BOX, headers=REBOUND
     ),
-    knock(  # DNS rebinding: a site whose name points here sends its own Host
-        "dns-rebinding",
-        403,
-        "from another site: http://evil.example:",
-        headers={"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"},
-        **DEV_BOX,
+    "the-phone-page": knock(
+        200, None, DEV_BOX, headers={"Origin": "http://127.0.0.1:{port}"}
     ),
-    knock(
-        "the-phone-page", 200, headers={"Origin": "http://127.0.0.1:{port}"}, **DEV_BOX
+    "wrong-path": knock(404, f"POST /voice: Not Found {WRONG}", DEV_BOX, path="/voice"),
+    "wrong-method": knock(
+        405, f"GET /incoming: Method Not Allowed {WRONG}", DEV_BOX, method="GET"
     ),
-    knock(
-        "wrong-path",
-        404,
-        "POST /voice: Not Found (the webhook is POST /incoming)",
-        path="/voice",
-        **DEV_BOX,
+    "unknown-charset": malformed(URLENCODED + "; charset=foo", b"CallSid=x"),
+    "bad-utf-8": malformed(URLENCODED, b"CallSid=\xff\xfe"),
+    "broken-multipart": malformed(MULTIPART + "; boundary=xx", b"--xx\r\nbroken"),
+    "no-boundary": malformed(MULTIPART, b"--xx\r\n"),
+    "odd-cte": malformed(
+        MULTIPART + "; boundary=xx",
+        b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
+        b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n",
     ),
-    knock(
-        "wrong-method",
-        405,
-        "GET /incoming: Method Not Allowed (the webhook is POST /incoming)",
-        method="GET",
-        **DEV_BOX,
+    "not-deflate": malformed(
+        URLENCODED, b"not deflate", **{"Content-Encoding": "deflate"}
     ),
-    *(
-        knock(
-            id,
-            400,
-            MALFORMED_BODY,
-            headers={"Content-Type": kind},
-            body=body,
-            **DEV_BOX,
-        )
-        for id, kind, body in [
-            ("unknown-charset", URLENCODED + "; charset=foo", b"CallSid=x"),
-            ("bad-utf-8", URLENCODED, b"CallSid=\xff\xfe"),
-            ("broken-multipart", MULTIPART, b"--xx\r\nbroken"),
-            ("no-boundary", "multipart/form-data", b"--xx\r\n"),
-            (
-                "odd-cte",
-                MULTIPART,
-                b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
-                b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n",
-            ),
-        ]
-    ),
-    knock(
-        "not-deflate",
-        400,
-        MALFORMED_BODY,
-        body=b"not deflate",
-        headers={"Content-Encoding": "deflate", "Content-Type": URLENCODED},
-        **DEV_BOX,
-    ),
-]
+}
 
 
-@pytest.mark.parametrize("request_", DOOR)
+@pytest.mark.parametrize(
+    "config, status, logged, request_", DOOR.values(), ids=DOOR.keys()
+)
 @async_test
 async def test_the_webhook_answers_twilio_and_refuses_the_rest_in_one_line(
-    request_, caplog
+    config, status, logged, request_, caplog
 ):
-    async with world(**request_["config"]) as w:
+    async with world(**config) as w:
         headers = request_.get("headers", {})
         headers = {k: v.format(port=w.client.port) for k, v in headers.items()}
         data = request_.get("body", request_.get("form", FORM))
         method, path = request_.get("method", "POST"), request_.get("path", "/incoming")
         response = await w.client.request(method, path, data=data, headers=headers)
-        assert response.status == request_["status"]
+        assert response.status == status
         if response.status == 200:  # the call's session opens at once
             assert "<Stream url=" in await response.text()
             await w.openai.session()
             return
         assert w.openai.sessions == [] and w.state.calls == {}
     assert "Traceback" not in caplog.text
-    refusals = [r for r in caplog.records if request_["logged"] in r.getMessage()]
+    refusals = [r for r in caplog.records if logged in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].exc_info is None
 
 
@@ -1537,29 +1462,31 @@ async def test_a_replayed_webhook_gets_403_and_no_proof_even_after_its_call(w, c
 # ---------------------------------------------------------------------------
 # /media: the handshake's signature, `start`, its proof, replays
 
-MEDIA_SIGNATURE = sign("wss://example.com/media")["X-Twilio-Signature"]
+MEDIA = sign("wss://example.com/media")
+
+
+HANDSHAKES = {
+    "signed": (BY, MEDIA, None),
+    "trailing-slash": (BY, sign("wss://example.com/media/"), None),  # Twilio's docs
+    "lower-case-header": (
+        BY,
+        {"x-twilio-signature": MEDIA["X-Twilio-Signature"]},
+        None,
+    ),
+    "behind-a-tunnel": (TUNNEL, sign("wss://tunnel.example/media"), None),
+    "other-url": (BY, sign("wss://evil.example/media"), "bad signature"),
+    "wrong-scheme": (BY, sign("https://example.com/media"), "bad signature"),
+    "missing": (BY, {}, "bad signature"),
+    "another-site": (DEV_BOX, {"Origin": "https://evil.example"}, "from another site"),
+}
 
 
 @pytest.mark.parametrize(
-    "config, headers, refused",
-    [
-        (SIGNED_BY, sign("wss://example.com/media"), None),
-        (SIGNED_BY, sign("wss://example.com/media/"), None),  # Twilio's docs: try it
-        (SIGNED_BY, {"x-twilio-signature": MEDIA_SIGNATURE}, None),
-        ({"config": TUNNEL}, sign("wss://tunnel.example/media"), None),
-        (SIGNED_BY, sign("wss://evil.example/media"), "bad signature"),
-        (SIGNED_BY, sign("https://example.com/media"), "bad signature"),
-        (SIGNED_BY, {}, "bad signature"),
-        (DEV_BOX, {"Origin": "https://evil.example"}, "from another site"),
-    ],
-    ids=[
-        *("signed", "trailing-slash", "lower-case-header", "behind-a-tunnel"),
-        *("other-url", "wrong-scheme", "missing", "another-site"),
-    ],
+    "config, headers, refused", HANDSHAKES.values(), ids=HANDSHAKES.keys()
 )
 @async_test
 async def test_a_stream_handshake_must_be_twilios(config, headers, refused, caplog):
-    async with world(**config["config"]) as w:
+    async with world(**config) as w:
         headers = {"Host": "example.com", **headers}
         if refused is None:
             ws = await w.client.ws_connect("/media", headers=headers)
@@ -2064,35 +1991,27 @@ async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
 # The keypad
 
 
-@async_test
-async def test_a_keypress_interrupts_and_reaches_the_model_as_text(twilio, session):
+@pytest.mark.parametrize(
+    "responding", [False, True], ids=["after-a-reply", "mid-reply"]
+)
+@async_test(shorten={"KEYS_PAUSE": 0.05})
+async def test_a_keypress_interrupts_cancels_a_reply_and_reaches_the_model_as_text(
+    twilio, session, responding
+):
+    if responding:  # a reply still being made is cancelled first
+        await session.send(type="response.created", response={"id": "resp_1"})
     await say(session, "item_menu", "m1")
     await expect(twilio, "media m1")
     await twilio.press("5")
     await expect(twilio, "clear")
     assert (await session.next())["type"] == "conversation.item.truncate"
+    if responding:
+        assert await session.next() == {"type": "response.cancel"}
+    text = {"type": "input_text", "text": "The caller pressed 5 on the keypad."}
     assert await session.next() == {
         "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": "user",
-            "content": [
-                {"type": "input_text", "text": "The caller pressed 5 on the keypad."}
-            ],
-        },
+        "item": {"type": "message", "role": "user", "content": [text]},
     }
-    assert await session.next() == {"type": "response.create"}
-
-
-@async_test
-async def test_a_key_pressed_mid_reply_cancels_it_then_is_answered(twilio, session):
-    await session.send(type="response.created", response={"id": "resp_1"})
-    await say(session, "item_menu", "m1")
-    await expect(twilio, "media m1")
-    await twilio.press("1")
-    assert (await session.next())["type"] == "conversation.item.truncate"
-    assert await session.next() == {"type": "response.cancel"}
-    assert (await session.next())["type"] == "conversation.item.create"
     assert await session.next() == {"type": "response.create"}
 
 
@@ -2308,7 +2227,7 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(
     assert all(datetime.datetime.fromisoformat(t["time"]).tzinfo for t in turns)
 
 
-@async_test
+@async_test(shorten={"KEYS_PAUSE": 0.05})
 async def test_a_summary_counts_the_callers_turns_even_when_no_reply_came(
     twilio, session, w, caplog
 ):
@@ -2605,20 +2524,6 @@ async def test_an_oversized_frame_ends_only_that_call(w, caplog):
     )
 
 
-@pytest.mark.parametrize("how", ["stop", "dropped"])
-@async_test
-async def test_the_caller_hanging_up_closes_the_openai_session(
-    twilio, session, how, w, caplog
-):
-    if how == "stop":
-        await twilio.hang_up()
-        assert "Twilio stopped the stream: the caller hung up" in caplog.text
-    else:  # the socket closes with no `stop`
-        await twilio.ws.close()
-    await session.wait_closed()
-    await wound_down(w.app)
-
-
 @async_test
 async def test_openai_closing_hangs_up_the_caller(twilio, session, caplog):
     await session.ws.close(code=1011)
@@ -2626,13 +2531,18 @@ async def test_openai_closing_hangs_up_the_caller(twilio, session, caplog):
     assert "OpenAI closed the session (code 1011): hanging up" in caplog.text
 
 
+@pytest.mark.parametrize("how", ["stop", "dropped"])
 @async_test
 async def test_a_caller_who_hangs_up_mid_reply_leaves_nothing_behind(
-    twilio, session, w, caplog
+    twilio, session, w, how, caplog
 ):
     await say(session, "item_A", "a1")
     await twilio.receive()
-    await twilio.ws.close()
+    if how == "stop":
+        await twilio.hang_up()
+        assert "Twilio stopped the stream: the caller hung up" in caplog.text
+    else:  # the socket closes with no `stop`
+        await twilio.ws.close()
     with contextlib.suppress(ConnectionResetError):  # the bridge closed it first
         for i in range(20):  # the model is still talking into the closed call
             await say(session, "item_A", f"late{i}")
@@ -2860,14 +2770,27 @@ async def test_every_wait_is_bounded(
     assert said in caplog.text and "Traceback" not in caplog.text
 
 
-@async_test(shorten={"TWILIO_SILENCE": 0.2, "WATCH_EVERY": 0.02})
-async def test_silence_is_counted_from_the_streams_start_not_the_webhook(w, caplog):
+class Watched(float):
+    """A bound of bridge's watch() that counts how often the watch compares to it."""
+
+    looks = 0
+
+    def __lt__(self, elapsed):  # `elapsed > bound` asks the bound first
+        self.looks += 1
+        return float(self) < elapsed
+
+
+@async_test(shorten={"WATCH_EVERY": 0.02})
+async def test_silence_is_counted_from_the_streams_start_not_the_webhook(
+    w, caplog, monkeypatch
+):
+    monkeypatch.setattr(bridge, "TWILIO_SILENCE", silence := Watched(0.2))
     await w.webhook()
     session = await w.openai.session()
-    await asyncio.sleep(0.3)  # Twilio is slow to open the stream (setup, not a wait)
+    webhook_at = time.monotonic()  # Twilio is slow to open the stream: past the bound
+    await until(lambda: time.monotonic() - webhook_at > 1.5 * silence, "")
     twilio = await w.call()
-    await call_goes_on(twilio, session)
-    await asyncio.sleep(0.1)  # the watch looks several times: no hang-up
+    await until(lambda: silence.looks >= 3, "the watch looked three times")
     await call_goes_on(twilio, session)
     assert "no message from Twilio" not in caplog.text
 
@@ -2945,7 +2868,7 @@ async def test_on_a_call_we_placed_the_callee_speaks_first(w):
     await speech_started(session)  # "Hello?": the model answers on its own
     await twilio.speak("hello")
     assert await session.audio_tags(1) == ["hello"]
-    await asyncio.sleep(0.3)  # past CALLEE_FIRST: the agent did not talk over
+    await until(lambda: "greet" not in running(), "past CALLEE_FIRST")
     assert all(e["type"] != "response.create" for e in session.drained())
 
 
