@@ -1509,8 +1509,9 @@ async def test_media_takes_no_compression_and_little_before_start(w, caplog):
 @async_test(max_calls=2)
 async def test_streams_waiting_for_start_are_capped_and_counted(w, caplog):
     waiting = [await w.client.ws_connect("/media") for _ in range(2)]
-    health = await (await w.client.get("/health")).json()
-    assert health["calls"] == 2
+    health = await w.client.get("/health")  # a balancer sends calls elsewhere
+    assert health.status == 503
+    assert await health.json() == {"status": "full", "calls": 2, "max_calls": 2}
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await w.client.ws_connect("/media")
     assert refused.value.status == 503
@@ -3135,13 +3136,28 @@ async def test_transcripts_and_reports_are_private(tmp_path, monkeypatch):
     folder = tmp_path / "calls"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("TRANSCRIPT_DIR", str(folder))
-    bridge.create_app()
+    umask = os.umask(0o022)  # the usual one, under which others could read
+    try:
+        bridge.create_app()
+        async with world(transcript_dir=str(folder), **REPORTING) as w:
+            await w.caller_said("Hello?")
+            await w.reported()
+    finally:
+        os.umask(umask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    async with world(transcript_dir=str(folder), **REPORTING) as w:
-        await w.caller_said("Hello?")
-        await w.reported()
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+@async_test(transcript_dir=TMP)
+async def test_no_transcript_is_written_through_a_planted_link(w, tmp_path, caplog):
+    target = tmp_path / "elsewhere"
+    target.write_text("not yours\n")
+    (tmp_path / f"{CA1}.jsonl").symlink_to(target)
+    twilio = await w.caller_said("Hello?")
+    await wound_down(w.app)
+    assert twilio.call_sid == CA1 and target.read_text() == "not yours\n"
+    assert "transcript not written" in caplog.text
 
 
 @async_test(transcript_dir=TMP, **REPORTING)
@@ -3876,6 +3892,37 @@ async def test_a_redirect_loop_never_puts_the_key_in_a_log_or_file(
     assert LIVE_KEY not in caplog.text and LIVE_KEY[:20] not in caplog.text
     for path in tmp_path.iterdir():
         assert LIVE_KEY[:20] not in path.read_text()
+
+
+@async_test
+async def test_a_redirect_loop_at_the_report_puts_no_key_in_the_report(
+    tmp_path, caplog, handed_on
+):
+    loop = web.Application()
+    loop.router.add_route("*", "/{path:.*}", redirect_loop)
+    async with TestServer(loop) as server:
+        base = str(server.make_url("")).rstrip("/")
+        config = {"openai_api_key": LIVE_KEY, "transcript_dir": str(tmp_path)}
+        async with world(**config, **REPORTING, openai_api_url=base) as w:
+            await w.caller_said("Hello?")
+            await w.reported()
+    [report] = handed_on
+    assert report["error"].startswith("TooManyRedirects")
+    files = [path.read_text() for path in tmp_path.iterdir()]
+    for text in (caplog.text, json.dumps(report), *files):
+        assert not any(piece in text for piece in pieces_of(LIVE_KEY)), text[-400:]
+
+
+def test_twilios_basic_auth_is_masked_as_the_token(monkeypatch):
+    monkeypatch.setattr(bridge, "SECRETS", {})
+    token = "0123456789abcdef0123456789abcdef"
+    config = bridge.Config(twilio_account_sid=SID, twilio_auth_token=token)
+    bridge.make_app(config)
+    login = base64.b64encode(f"{SID}:{token}".encode()).decode()
+    echoed = f"a proxy's page: Authorization: Basic {login}, token {token}"
+    shown = bridge.printable(echoed, 300)
+    assert login not in shown and token not in shown
+    assert shown.count("<TWILIO_AUTH_TOKEN>") == 2
 
 
 def test_the_mask_takes_secrets_out_of_lines_and_tracebacks(caplog, monkeypatch):
