@@ -28,17 +28,22 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import concurrent.futures
 import contextlib
+import copy
+import difflib
 import hashlib
 import hmac
 import inspect
 import ipaddress
 import json
 import logging
+import logging.handlers
 import math
 import os
+import queue
 import random
 import re
 import resource
@@ -50,10 +55,11 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from socket import SHUT_RDWR
 from typing import Any, NamedTuple, NoReturn
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 from zoneinfo import ZoneInfo
 
@@ -125,6 +131,9 @@ class Config:
     drain_seconds: int = setting(0, range(86401))
     # Calls at once, those still ringing included: about one core's worth.
     max_calls: int = setting(300, range(1, 100001))
+    # Busier than this (% of a core, over LOAD_WINDOW), new calls hear busy: the
+    # calls on the line keep their latency. 0: never.
+    max_load_percent: int = setting(70, range(101))
     # Greet while the stream connects; false: once it has (several instances).
     greet_early: bool = setting(True, "1|true|0|false")
     # What the agent says to a voicemail of a call it placed; unset: its own words.
@@ -191,6 +200,19 @@ def not_allowed(name: str, value: str, rule: Mapping) -> str:
     return f"{shown} is not allowed: {says or allowed.replace('|', ' or ')}"
 
 
+def unknown_settings(env: Mapping[str, str]) -> list[str]:
+    """A warning for each environment variable that looks like a setting but is not
+    one: a typo (TURN_DETECTON) would be ignored without a word."""
+    names = [item.name.upper() for item in fields(Config)]
+    lines = []
+    for name in sorted(set(env) - set(names)):
+        like = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
+        if like or name.startswith(("OPENAI_", "TWILIO_")):
+            hint = f" (did you mean {like[0]}?)" if like else ""
+            lines.append(f"{printable(name)} is not a setting: ignored{hint}")
+    return lines
+
+
 MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
 BEFORE_START = 20  # messages a stream may send before `start` (Twilio: `connected`)
 MAX_OPENAI_MESSAGE = 16 * 1024 * 1024  # a long transcript can pass aiohttp's 4 MiB
@@ -220,6 +242,7 @@ DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
 REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
+PREFLIGHT_TIMEOUT = 5.0  # seconds for the Models API's answers at start-up, in all
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
 # A renewed session is told the last REPLAY_TURNS turns: recent turns hold what
 # matters (names, what was agreed), and every replayed word is paid for again as
@@ -237,6 +260,14 @@ MAX_PIECE = 10_668  # base64 characters
 KEYS_PAUSE = 1.0  # seconds after the last key that end a burst
 MAX_KEYS = 64  # keys of one burst the model hears; more are dropped
 MAX_TOOL_OUTPUT = 16 * 1024  # characters of a tool's output the model is given
+LOAD_EVERY = 0.5  # seconds between two looks at how busy the process is
+LOAD_WINDOW = 2.0  # seconds the load is averaged over
+LATE_LIMIT = 0.05  # seconds late a timer may fire before new calls hear busy
+# The log: lines wait for the writer's thread in a queue of LOG_QUEUE at most (more
+# are dropped, and counted), and at exit for LOG_FLUSH seconds at most.
+LOG_QUEUE = 10_000
+LOG_FLUSH = 2.0
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"  # pid: the worker
 # A session that "expires" long before OpenAI's hour is failing: after a few such
 # renewals in a row the call ends, rather than open sessions in a loop.
 SESSION_FLOOR = 300.0  # seconds: a session that expires sooner expired early
@@ -259,6 +290,8 @@ class State:
     # calls are taken, and at this loop time the calls left are hung up: now plus
     # DRAIN_SECONDS, or 0 (hang up now) on Ctrl-C or a second signal.
     drain_until: float | None = None
+    load: float = 0.0  # % of a core the process used over LOAD_WINDOW (measure_load)
+    late: float = 0.0  # seconds the load's timer fired late, at its last look
 
 
 STATE = web.AppKey("state", State)
@@ -361,13 +394,31 @@ async def incoming(request: web.Request) -> web.Response:
     # A replayed webhook must not mint a fresh proof for a call that has ended.
     if call_sid in state.calls or not first_time(state.remembered, call_sid):
         raise refuse(request, web.HTTPForbidden, "%s was answered already", call_sid)
-    if len(state.calls) >= state.config.max_calls:  # busy; nothing is billed
-        state.refusals.warning("a call refused: MAX_CALLS=%d reached", len(state.calls))
+    if why := too_busy(state):  # nothing is billed
+        state.refusals.warning("a call refused: %s", why)
         return twiml('<Response><Reject reason="busy"/></Response>')
     log.info("[%s] incoming call", call_sid)
     context = call_context(form)
     begin_call(state, call_sid, context)
     return twiml(stream_twiml(request, call_sid, context))
+
+
+def too_busy(state: State) -> str:
+    """Why this process takes no more calls now (the caller hears busy), or ""."""
+    if len(state.calls) >= state.config.max_calls:
+        return f"MAX_CALLS={len(state.calls)} reached"
+    return overloaded(state)
+
+
+def overloaded(state: State) -> str:
+    """Why the process is too busy for one more call, or "": past MAX_LOAD_PERCENT,
+    or its event loop late (the core is shared or stalled)."""
+    limit = state.config.max_load_percent
+    if limit and state.load >= limit:
+        return f"the process is {state.load:.0f} % busy (MAX_LOAD_PERCENT={limit})"
+    if limit and state.late >= LATE_LIMIT:
+        return f"the event loop runs {state.late * 1000:.0f} ms late"
+    return ""
 
 
 def call_context(fields: Mapping) -> dict[str, str]:
@@ -821,6 +872,7 @@ class Call:
         self.caller_turns = 0  # each end of the caller's speech, each key pressed
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
+        self.usage = copy.deepcopy(NO_USAGE)  # the replies' usage, summed
         self.transferred = False  # a call is transferred once at most
         self.happened: dict[str, str] = {}  # transferred, recorded: for its report
 
@@ -1209,14 +1261,16 @@ class Call:
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.began
-        median = self.median_latency_ms()
-        hidden = self.log.limiter.hidden
-        return (
-            f"call ended after {seconds:.0f} s: {plural(self.caller_turns, 'turn')}, "
-            + (f"median reply latency {median:.0f} ms, " if median is not None else "")
-            + plural(self.barge_ins, "barge-in")
-            + (f", {plural(hidden, 'repeated warning')} not shown" if hidden else "")
-        )
+        parts = [plural(self.caller_turns, "turn")]
+        if (median := self.median_latency_ms()) is not None:
+            parts.append(f"median reply latency {median:.0f} ms")
+        parts.append(plural(self.barge_ins, "barge-in"))
+        tokens_in, tokens_out = self.usage["input_tokens"], self.usage["output_tokens"]
+        if tokens_in or tokens_out:  # what the call cost, in OpenAI's units
+            parts.append(f"{tokens_in} tokens in, {tokens_out} out")
+        if hidden := self.log.limiter.hidden:
+            parts.append(f"{plural(hidden, 'repeated warning')} not shown")
+        return f"call ended after {seconds:.0f} s: " + ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------
@@ -1278,6 +1332,27 @@ def message_item(role: str, text: str) -> dict:
     content = {"type": "input_text" if role == "user" else "output_text", "text": text}
     item = {"type": "message", "role": role, "content": [content]}
     return {"type": "conversation.item.create", "item": item}
+
+
+# What a reply cost, from its response.done (the SDK's RealtimeResponseUsage), as a
+# call's sum (none yet, here). Input tokens include the cached ones; each part
+# may be missing.
+NO_USAGE = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "input_token_details": {"text_tokens": 0, "audio_tokens": 0, "cached_tokens": 0},
+    "output_token_details": {"text_tokens": 0, "audio_tokens": 0},
+}
+
+
+def add_usage(total: dict, usage: object) -> None:
+    """Add a reply's usage to the call's, field by field (an odd one counts 0)."""
+    for name, value in total.items():
+        given = usage.get(name) if isinstance(usage, dict) else None
+        if isinstance(value, dict):
+            add_usage(value, given)
+        elif type(given) is int and given >= 0:
+            total[name] += given
 
 
 def text_of(event: dict, *names: str) -> list[str]:
@@ -1401,6 +1476,7 @@ class Realtime:
             self.responding = False
             await call.send_mark()  # the reply's last audio
             self.on_response_done(event["response"])
+            add_usage(call.usage, event["response"].get("usage"))
         elif event_type == "error":
             await self.on_error(event["error"])
 
@@ -1466,6 +1542,7 @@ def facts_of(call: Call) -> dict:
         "barge_ins": call.barge_ins,
         "median_reply_latency_ms": None if median is None else round(median),
         **call.happened,  # transferred, recorded
+        "usage": {"model": call.config.openai_model, **call.usage},
         "report_model": call.config.report_model,
     }
 
@@ -1506,11 +1583,26 @@ async def ask_for_report(
             }
         },
     }
-    url = f"{config.openai_api_url}/v1/responses"
+    answer = await openai_rest(http, config, "/v1/responses", request, REPORT_TIMEOUT)
+    return report_fields(*answer)
+
+
+async def openai_rest(
+    http: aiohttp.ClientSession,
+    config: Config,
+    path: str,
+    request: dict | None,
+    seconds: float,
+) -> tuple[int, bytes]:
+    """POST `request` as JSON to OpenAI's REST API (or GET, with none), for
+    `seconds` at most: the answer's status and body."""
+    url = f"{config.openai_api_url}{path}"
     auth = {"Authorization": f"Bearer {config.openai_api_key}"}
-    timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT)
-    async with http.post(url, json=request, headers=auth, timeout=timeout) as response:
-        return report_fields(response.status, await read_at_most(response, MAX_ANSWER))
+    timeout = aiohttp.ClientTimeout(total=seconds)
+    method = "GET" if request is None else "POST"
+    options = {"json": request, "headers": auth, "timeout": timeout}
+    async with http.request(method, url, **options) as response:
+        return response.status, await read_at_most(response, MAX_ANSWER)
 
 
 def clean_value(value: Any) -> Any:
@@ -1568,6 +1660,7 @@ def make_app(config: Config) -> web.Application:
     )
     app[STATE] = state
     app.cleanup_ctx.append(http_session)
+    app.cleanup_ctx.append(watch_the_process)
     app.on_startup.append(quiet_accept_errors)
     app.on_shutdown.append(close_calls)
     app.router.add_post("/incoming", incoming)
@@ -1594,6 +1687,62 @@ def create_app() -> web.Application:
     return make_app(config)
 
 
+def models_used(config: Config) -> dict[str, str]:
+    """The settings that name an OpenAI model, each with the model it names."""
+    named = {
+        "OPENAI_MODEL": config.openai_model,
+        "TRANSCRIBE_MODEL": config.transcribe_model,
+        "REPORT_MODEL": config.report_model,  # unset: no report
+    }
+    return {setting: model for setting, model in named.items() if model}
+
+
+async def check_models(state: State) -> None:
+    """Ask OpenAI's Models API, once at start-up, about each model the settings
+    name: a wrong key, a misspelt model or a shutdown date is told now, not at the
+    first call. Calls are taken meanwhile; a failure to ask is one line."""
+    config, seconds = state.config, PREFLIGHT_TIMEOUT
+    try:
+        async with asyncio.timeout(seconds):
+            for setting, model in models_used(config).items():
+                path = f"/v1/models/{quote(model, safe='')}"
+                answer = await openai_rest(state.http, config, path, None, seconds)
+                if answer[0] == 401:  # for every model: once is enough
+                    log.error("OpenAI refused OPENAI_API_KEY (HTTP 401): check it")
+                    return
+                model_problem(f"{setting}={printable(model)}", *answer)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        why = "no answer in time" if isinstance(exc, TimeoutError) else described(exc)
+        log.warning("could not ask OpenAI about the models, serving anyway: %s", why)
+
+
+def model_problem(setting: str, status: int, body: bytes) -> None:
+    """Log what the Models API said of a model the bridge uses, if it matters."""
+    if status != 200:
+        why = (
+            "OpenAI has no such model (a typo?)" if status == 404 else f"HTTP {status}"
+        )
+        log.warning("%s: %s", setting, why)
+        return
+    if (shutdown := shutdown_date(body)) is None:
+        return  # none announced
+    days = (shutdown - datetime.now(UTC).date()).days
+    if days < 0:
+        log.error("%s was shut down on %s: choose a current model", setting, shutdown)
+    else:  # louder when it is near
+        level = logging.ERROR if days <= 30 else logging.WARNING
+        when = f"shuts down on {shutdown}, in {plural(days, 'day')}"
+        log.log(level, "%s %s: choose a current model", setting, when)
+
+
+def shutdown_date(body: bytes) -> date | None:
+    """A Models API answer's `shutdown_date` (null: none is announced)."""
+    try:
+        return datetime.fromisoformat(json.loads(body)["shutdown_date"]).date()
+    except (ValueError, TypeError, LookupError, RecursionError):
+        return None
+
+
 async def http_session(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for every OpenAI and Twilio request, closed with the app."""
     # limit=0: each call holds a connection for its whole life, and the default
@@ -1605,6 +1754,35 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
     state.http = aiohttp.ClientSession(connector=connector, timeout=timeout)
     yield
     await state.http.close()
+
+
+async def watch_the_process(app: web.Application) -> AsyncIterator[None]:
+    """What runs beside the calls for the app's life: the models checked once, and
+    the load measured all along."""
+    state = app[STATE]
+    tasks = [asyncio.create_task(check_models(state))]
+    tasks.append(asyncio.create_task(measure_load(state)))
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    state.refusals.tell_hidden(at_exit=True)
+
+
+async def measure_load(state: State) -> None:
+    """How busy the process is, looked at every LOAD_EVERY: the share of the last
+    LOAD_WINDOW its threads ran (CPU time over wall time, as Node's event loop
+    utilization), and how late this timer fired. One timer, nothing per call."""
+    loop = asyncio.get_running_loop()
+    looks: deque[tuple[float, float]] = deque(maxlen=round(LOAD_WINDOW / LOAD_EVERY))
+    cpu, wall = time.process_time(), loop.time()  # at the last look
+    while True:
+        await asyncio.sleep(LOAD_EVERY)
+        state.late = loop.time() - wall - LOAD_EVERY
+        looks.append((time.process_time() - cpu, loop.time() - wall))
+        cpu, wall = time.process_time(), loop.time()
+        state.load = 100 * sum(c for c, _ in looks) / sum(w for _, w in looks)
+        state.refusals.tell_hidden()  # a window's count, without waiting for more
 
 
 def from_this_machine(request: web.Request) -> bool:
@@ -1644,12 +1822,18 @@ async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
 
 async def health(request: web.Request) -> web.Response:
     """For a load balancer: 200 while the bridge takes calls; 503 while it drains,
-    or is full (a call sent here would hear busy)."""
+    is full or too busy (a call sent here would hear busy)."""
     state = request.app[STATE]
     calls = len(state.calls) + len(state.waiting)  # streams before `start` too
     full = calls >= state.config.max_calls
     busy = "draining" if state.drain_until is not None else "full" if full else ""
-    body = {"status": busy or "ok", "calls": calls, "max_calls": state.config.max_calls}
+    busy = busy or ("busy" if overloaded(state) else "")
+    body = {
+        "status": busy or "ok",
+        "calls": calls,
+        "max_calls": state.config.max_calls,
+        "load_percent": round(state.load),
+    }
     return web.json_response(body, status=503 if busy else 200)
 
 
@@ -1840,19 +2024,24 @@ def call_command(config: Config, arguments: list[str]) -> None:
 
 def settings() -> Config:
     """The settings from the environment; a line per bad one, and exit."""
-    # The process id tells gunicorn's workers apart.
-    form = "%(asctime)s %(process)d %(levelname)s %(message)s"
-    logging.basicConfig(level="INFO", format=form)
-    for handler in logging.getLogger().handlers:  # aiohttp's lines and tracebacks too
+    root = logging.getLogger()
+    if not root.handlers:  # (a test's are kept)
+        root.addHandler(log_from_a_thread())
+        root.setLevel(logging.INFO)
+    for handler in root.handlers:  # aiohttp's lines and tracebacks too
         handler.addFilter(MASKED)
     try:
-        return Config.from_env(os.environ)
+        config = Config.from_env(os.environ)
     except ValueError as problems:
         fail(str(problems))
+    for line in unknown_settings(os.environ):
+        log.warning(line)
+    return config
 
 
 def fail(message: str) -> NoReturn:
     """Stop at start-up, saying why in a line or a few, and no traceback."""
+    flush_log()  # the lines before it first
     print(message, file=sys.stderr)
     sys.exit(3)  # to gunicorn a worker's boot error: it halts, not restarts it
 
@@ -1919,6 +2108,51 @@ MASKED = Masked()
 log.addFilter(MASKED)
 
 
+def log_from_a_thread() -> logging.Handler:
+    """The root logger's handler: a bounded queue (LogQueue) that a thread of its
+    own (LogWriter) writes to stderr. A stalled reader of the log (a full pipe, a
+    paused `docker logs`) must not stop the event loop, and every call with it."""
+    handler = LogQueue(queue.Queue(LOG_QUEUE))
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter(LOG_FORMAT))
+    LogWriter(handler.queue, stream).start()  # a daemon thread
+    atexit.register(flush_log)
+    return handler
+
+
+class LogQueue(logging.handlers.QueueHandler):
+    """Lines that find the queue full are dropped, and counted."""
+
+    dropped = 0  # not told yet
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            LogQueue.dropped += 1
+
+
+class LogWriter(logging.handlers.QueueListener):
+    """Writes the queued lines, and once it has caught up, how many were dropped."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        super().handle(record)
+        if self.queue.empty() and (dropped := LogQueue.dropped):
+            LogQueue.dropped -= dropped
+            why = f"{dropped} log lines dropped: the log's reader was too slow"
+            fields = {"name": "bridge", "levelno": logging.WARNING, "msg": why}
+            super().handle(logging.makeLogRecord(fields | {"levelname": "WARNING"}))
+
+
+def flush_log() -> None:
+    """Wait, LOG_FLUSH at most, for the queued log lines to be written."""
+    deadline = time.monotonic() + LOG_FLUSH
+    handlers = logging.getLogger().handlers
+    queues = [handler.queue for handler in handlers if isinstance(handler, LogQueue)]
+    while any(q.unfinished_tasks for q in queues) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def plural(count: int, noun: str) -> str:
     """'1 call', '2 calls': log lines that read as English."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -1941,9 +2175,10 @@ class Limiter:
         self.hidden += 1
         return False
 
-    def next_window(self) -> int:
-        """If the window has ended, begin the next: the lines the last one held back."""
-        if time.monotonic() < self.ends:
+    def next_window(self, now: bool = False) -> int:
+        """If the window has ended (or `now`), begin the next: the lines the last
+        one held back."""
+        if time.monotonic() < self.ends and not now:
             return 0
         hidden, self.hidden, self.shown = self.hidden, 0, Counter()
         self.ends = time.monotonic() + self.window
@@ -1977,10 +2212,14 @@ class Refusals:
         self.limiter = Limiter(REFUSALS_EVERY)
 
     def warning(self, msg: str, *args: object) -> None:
-        if hidden := self.limiter.next_window():
-            log.warning("%d more refusals in the last minute", hidden)
+        self.tell_hidden()
         if self.limiter.allows(msg):
             log.warning(msg, *args)
+
+    def tell_hidden(self, at_exit: bool = False) -> None:
+        """Once a window ends (a timer looks), or at exit: how many were not shown."""
+        if hidden := self.limiter.next_window(at_exit):
+            log.warning("%d more refusals in the last minute", hidden)
 
     info = warning  # close_socket() says so when a refused stream does not answer
 

@@ -44,6 +44,7 @@ import urllib.parse
 import wave
 from collections import Counter
 from contextlib import asynccontextmanager
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -108,8 +109,12 @@ def bridge_tasks() -> list[asyncio.Task]:
         for t in asyncio.all_tasks()
         if getattr(t.get_coro(), "cr_code", None)
         and t.get_coro().cr_code.co_filename == bridge.__file__
+        and t.get_coro().__name__ not in PROCESS_TASKS
         and t is not asyncio.current_task()
     ]
+
+
+PROCESS_TASKS = ("measure_load", "check_models")  # the app's, not a call's
 
 
 def running() -> list[str]:
@@ -294,6 +299,23 @@ class FakeTwilioAPI:
         return self.requests[-1]
 
 
+class FakeModels:
+    """OpenAI's Models API: every model exists, no shutdown announced, unless told."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[int, dict] | str] = {}  # "hang": no answer
+        self.asked: list[str] = []
+
+    async def handler(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        self.asked.append(model)
+        found = {"id": model, "object": "model", "created": 0, "owned_by": "system"}
+        answer = self.answers.get(model, (200, found | {"shutdown_date": None}))
+        if answer == "hang":
+            await asyncio.sleep(60)
+        return web.json_response(answer[1], status=answer[0])
+
+
 class FakeResponses:
     """OpenAI's Responses API: records each request, answers as told (or late)."""
 
@@ -399,9 +421,9 @@ class FakeTwilio:
 class World:
     """The bridge, its fakes, and a way to place calls."""
 
-    def __init__(self, client: TestClient, openai, api, responses) -> None:
+    def __init__(self, client: TestClient, openai, api, responses, models) -> None:
         self.client, self.openai, self.api = client, openai, api
-        self.responses = responses
+        self.responses, self.models = responses, models
         self.app = client.server.app
         self.state = state(self.app)
         self.calls = 0
@@ -467,7 +489,9 @@ class World:
 @asynccontextmanager
 async def world(**config):
     openai, api, responses = FakeOpenAI(), FakeTwilioAPI(), FakeResponses()
+    models = FakeModels()
     fakes = web.Application()
+    fakes.router.add_get("/v1/models/{model}", models.handler)
     fakes.router.add_get("/v1/realtime", openai.handler)
     fakes.router.add_post("/2010-04-01/Accounts/{sid}/{path:.*}", api.handler)
     fakes.router.add_get("/2010-04-01/Accounts/{sid}/{path:.*}", api.call_status)
@@ -479,10 +503,11 @@ async def world(**config):
         config.setdefault("twilio_api_url", base)
         config.setdefault("openai_api_url", base)
         config.setdefault("openai_api_key", "sk-test")
+        config.setdefault("max_load_percent", 0)  # a busy test machine sheds no call
         app = bridge.make_app(bridge.Config(**config))
         try:
             async with TestClient(TestServer(app)) as client:
-                yield World(client, openai, api, responses)
+                yield World(client, openai, api, responses, models)
             assert openai.invalid == []  # every event the bridge sent is the SDK's
         finally:
             responses.answering.set()  # a late answer must not hold the fakes up
@@ -716,12 +741,15 @@ async def running_bridge(*command: str, **env: str):
     openai = FakeOpenAI()
     openai_app = web.Application()
     openai_app.router.add_get("/v1/realtime", openai.handler)
+    openai_app.router.add_get("/v1/models/{model}", FakeModels().handler)
     async with TestServer(openai_app) as server:
         port = free_port()
         url = str(server.make_url("/v1/realtime")).replace("http", "ws", 1)
         url = url.replace("127.0.0.1", "localhost")  # a name to resolve, as in life
         env = {**os.environ, "PORT": str(port), "OPENAI_REALTIME_URL": url, **env}
         env.setdefault("OPENAI_API_KEY", "sk-test")
+        env.setdefault("MAX_LOAD_PERCENT", "0")
+        env.setdefault("OPENAI_API_URL", str(server.make_url("")).rstrip("/"))
         command = tuple(part.format(port=port) for part in command) or (BRIDGE,)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -1511,7 +1539,12 @@ async def test_streams_waiting_for_start_are_capped_and_counted(w, caplog):
     waiting = [await w.client.ws_connect("/media") for _ in range(2)]
     health = await w.client.get("/health")  # a balancer sends calls elsewhere
     assert health.status == 503
-    assert await health.json() == {"status": "full", "calls": 2, "max_calls": 2}
+    assert await health.json() == {
+        "status": "full",
+        "calls": 2,
+        "max_calls": 2,
+        "load_percent": mock.ANY,
+    }
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await w.client.ws_connect("/media")
     assert refused.value.status == 503
@@ -2987,7 +3020,7 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     report = report_file(tmp_path, twilio)
     assert list(report) == [
         *("call_sid", "from", "to", "direction", "started", "duration_s"),
-        *("turns", "barge_ins", "median_reply_latency_ms", "report_model"),
+        *("turns", "barge_ins", "median_reply_latency_ms", "usage", "report_model"),
         *GOOD_REPORT,
     ]
     assert report["call_sid"] == twilio.call_sid
@@ -3184,10 +3217,20 @@ async def test_the_models_strings_are_clean_before_anyone_sees_them(
 async def test_health_says_ok_with_the_call_count_and_needs_no_signature(w):
     response = await w.client.get("/health")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "calls": 0, "max_calls": 300}
+    assert await response.json() == {
+        "status": "ok",
+        "calls": 0,
+        "max_calls": 300,
+        "load_percent": mock.ANY,
+    }
     await w.answered_call()
     health = await (await w.client.get("/health")).json()
-    assert health == {"status": "ok", "calls": 1, "max_calls": 300}
+    assert health == {
+        "status": "ok",
+        "calls": 1,
+        "max_calls": 300,
+        "load_percent": mock.ANY,
+    }
 
 
 @async_test(max_calls=2)
@@ -3202,7 +3245,12 @@ async def test_past_max_calls_the_webhook_says_busy_and_a_stream_is_closed(w, ca
     assert len(w.openai.sessions) == 2
     health = await w.client.get("/health")  # a load balancer sends no more
     assert health.status == 503
-    assert await health.json() == {"status": "full", "calls": 2, "max_calls": 2}
+    assert await health.json() == {
+        "status": "full",
+        "calls": 2,
+        "max_calls": 2,
+        "load_percent": mock.ANY,
+    }
     assert "a call refused: MAX_CALLS=2 reached" in caplog.text
     assert f"[{late.call_sid}] stream refused: MAX_CALLS=2 reached" in caplog.text
     await call_goes_on(twilio, session)
@@ -3215,7 +3263,12 @@ async def test_while_draining_health_is_503_and_a_new_webhook_is_refused(
     w.state.drain_until = float("inf")  # what SIGTERM starts
     response = await w.client.get("/health")
     assert response.status == 503
-    assert await response.json() == {"status": "draining", "calls": 1, "max_calls": 300}
+    assert await response.json() == {
+        "status": "draining",
+        "calls": 1,
+        "max_calls": 300,
+        "load_percent": mock.ANY,
+    }
     response = await w.client.post("/incoming", data={"CallSid": sid("CA", 9)})
     assert response.status == 503  # Twilio then tries the number's fallback URL
     assert len(w.openai.sessions) == 1
@@ -3327,7 +3380,12 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
         await bridge_process.logged("draining: 2 calls for up to 60 s")
         await call_goes_on(twilio, session)  # audio flows both ways
         assert await bridge_process.post("/incoming", {"CallSid": sid("CA", 2)}) == 503
-        health = {"status": "draining", "calls": 2, "max_calls": 300}
+        health = {
+            "status": "draining",
+            "calls": 2,
+            "max_calls": 300,
+            "load_percent": mock.ANY,
+        }
         assert await bridge_process.health() == (503, health)
         late = await bridge_process.stream(0x1A7E)
         await late.start()  # the call answered before the SIGTERM connects
