@@ -47,6 +47,7 @@ import queue
 import random
 import re
 import resource
+import secrets
 import signal
 import statistics
 import sys
@@ -167,7 +168,7 @@ class Config:
         if self.idle_timeout_seconds and self.turn_detection != "server_vad":
             problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
         rest = self.twilio_account_sid and self.twilio_auth_token
-        for name in ("TRANSFER_NUMBER", "RECORD_CALLS"):
+        for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # and /amd
             if getattr(self, name.lower()) and not rest:
                 problems.append(
                     f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
@@ -196,6 +197,8 @@ def not_allowed(name: str, value: str, rule: Mapping) -> str:
         ok = re.fullmatch(allowed, value)
     if ok:
         return ""
+    if "://" in value:  # a URL's user, password and query may hold a credential
+        value = re.sub(r"\?.*", "?...", re.sub("//[^/]*@", "//...@", value), flags=re.S)
     shown = name if allowed == SECRET else f"{name}={value!r}"  # never a secret
     return f"{shown} is not allowed: {says or allowed.replace('|', ' or ')}"
 
@@ -391,6 +394,8 @@ async def incoming(request: web.Request) -> web.Response:
     state, call_sid = request.app[STATE], form["CallSid"]
     if state.drain_until is not None:  # Twilio tries the fallback URL
         raise web.HTTPServiceUnavailable(text="draining: no new calls")
+    if form.get("ParentCallSid"):  # a child leg (of a <Dial>): not a call to answer
+        raise refuse(request, web.HTTPForbidden, "%s is a child leg", call_sid)
     # A replayed webhook must not mint a fresh proof for a call that has ended.
     if call_sid in state.calls or not first_time(state.remembered, call_sid):
         raise refuse(request, web.HTTPForbidden, "%s was answered already", call_sid)
@@ -528,24 +533,29 @@ def refuse(
     return response
 
 
-def call_proof(token: str, call_sid: str, expires: int = 0) -> str:
+def call_proof(token: str, call_sid: str, expires: int = 0, nonce: str = "") -> str:
     # The stream's proof that this bridge answered its call's webhook: the CallSid and
     # an expiry signed with the auth token. A handshake's signature covers only the URL,
     # the same for every call, so a captured one could be replayed; a proof cannot be
     # used for another call or later, and any instance can check it. What it cannot
     # tell is a replayed *webhook*, which gets a fresh one: see Call.check_live().
+    # The nonce: two proofs for a call in one second (a voicemail's new stream's,
+    # right after the webhook's) are two, each used once.
     expires = expires or int(time.time() + STREAM_WAIT)
-    signed = f"{call_sid}:{expires}".encode()
-    return f"{expires}:{hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()}"
+    nonce = nonce or secrets.token_hex(8)
+    signed = f"{call_sid}:{expires}:{nonce}".encode()
+    digest = hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()
+    return f"{expires}:{nonce}:{digest}"
 
 
 def proof_ok(token: str, call_sid: str, proof: object) -> bool:
     # Any text a stream sends may land here: only the proof's own shape is read.
-    if not (isinstance(proof, str) and re.fullmatch("[0-9]{1,12}:[0-9a-f]{64}", proof)):
+    shape = "[0-9]{1,12}:[0-9a-f]{16}:[0-9a-f]{64}"
+    if not (isinstance(proof, str) and re.fullmatch(shape, proof)):
         return False
-    expires = int(proof.partition(":")[0])
-    expected = call_proof(token, call_sid, expires)
-    return expires >= time.time() and hmac.compare_digest(expected, proof)
+    expires, nonce, _ = proof.split(":")
+    expected = call_proof(token, call_sid, int(expires), nonce)
+    return int(expires) >= time.time() and hmac.compare_digest(expected, proof)
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -662,7 +672,10 @@ async def amd(request: web.Request) -> web.Response:
         return web.Response()
     if not first_time(state.remembered, f"amd {call_sid}"):  # a replay: no change
         raise refuse(request, web.HTTPForbidden, "%s was detected already", call_sid)
-    if answered_by in MACHINE_ENDS:  # its greeting and beep are over: a new stream,
+    if answered_by in MACHINE_ENDS and state.drain_until is not None:
+        call_log.info("answered by %s while draining: hanging up", answered_by)
+        change = {"Status": "completed"}  # a new stream might find no process left
+    elif answered_by in MACHINE_ENDS:  # its greeting and beep are over: a new stream,
         # whose session leaves the message, replaces the call's.
         call_log.info("answered by %s: leaving a voicemail", answered_by)
         context = {"Direction": "outbound-api", "Voicemail": answered_by}
@@ -932,7 +945,10 @@ class Call:
 
     def ended(self) -> None:
         """Sum the call up, forget it, and begin its report (after the hang-up)."""
-        self.log.info(self.summary())
+        if self.streaming:
+            self.log.info(self.summary())
+        else:  # the stream may have reached another process, which sums it up
+            self.log.info("the webhook's session ended unused: no stream came here")
         if self.state.calls.get(self.call_sid) is self:  # not its successor
             del self.state.calls[self.call_sid]
         if self.config.report_model and self.streaming:
@@ -1364,6 +1380,29 @@ def text_of(event: dict, *names: str) -> list[str]:
     return values
 
 
+# Realtime's events (the SDK's RealtimeServerEvent) that the call has no use for.
+IGNORED_EVENTS = set(
+    """
+    session.created session.updated conversation.created rate_limits.updated
+    conversation.item.added conversation.item.created conversation.item.done
+    conversation.item.deleted conversation.item.retrieved conversation.item.truncated
+    conversation.item.input_audio_transcription.delta
+    conversation.item.input_audio_transcription.segment
+    conversation.item.input_audio_transcription.failed
+    input_audio_buffer.committed input_audio_buffer.cleared
+    input_audio_buffer.dtmf_event_received output_audio_buffer.started
+    output_audio_buffer.stopped output_audio_buffer.cleared
+    response.output_item.added response.output_item.done response.content_part.added
+    response.content_part.done response.output_audio.done
+    response.output_audio_transcript.delta response.output_text.delta
+    response.output_text.done response.function_call_arguments.delta
+    mcp_list_tools.in_progress mcp_list_tools.completed mcp_list_tools.failed
+    response.mcp_call_arguments.delta response.mcp_call_arguments.done
+    response.mcp_call.in_progress response.mcp_call.completed response.mcp_call.failed
+    """.split()
+)
+
+
 class Realtime:
     """A call's session on OpenAI's Realtime API, renewed when it expires."""
 
@@ -1406,6 +1445,7 @@ class Realtime:
             answered = isinstance(exc, aiohttp.WSServerHandshakeError)
             self.refused = answered and exc.status in (401, 403, 404)
             why = f"HTTP {exc.status}" if answered else described(exc)
+            why += ": check OPENAI_API_KEY" if answered and exc.status == 401 else ""
             self.call.log.error("could not open the OpenAI session: %s", why)
             return False
 
@@ -1479,6 +1519,8 @@ class Realtime:
             add_usage(call.usage, event["response"].get("usage"))
         elif event_type == "error":
             await self.on_error(event["error"])
+        elif event_type not in IGNORED_EVENTS:  # e.g. the beta's response.audio.delta
+            call.log.warning("unknown OpenAI event %s ignored", printable(event_type))
 
     def on_response_done(self, response: dict) -> None:
         if response.get("status") == "failed":
@@ -1816,7 +1858,10 @@ async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         what = (request.method, printable(request.path), exc.reason)
-        refusals.warning("%s %s: %s (the webhook is POST /incoming)", *what)
+        fix = "the webhook is POST /incoming"
+        if request.path == "/phone":  # served only without a token
+            fix = "the phone page is off: TWILIO_AUTH_TOKEN is set"
+        refusals.warning("%s %s: %s (%s)", *what, fix)
         raise
 
 
@@ -1877,6 +1922,7 @@ async def drain(app: web.Application) -> None:
 async def close_calls(app: web.Application) -> None:
     """On shutdown, once the drain is over, hang up every call on both sides."""
     state = app[STATE]
+    served = state.drain_until is not None  # a signal came (not a failed start)
     await drain(app)  # at once after a drain; else (a shutdown without a signal) now
     if state.calls:
         log.info("shutting down: closing %s", plural(len(state.calls), "call"))
@@ -1885,7 +1931,8 @@ async def close_calls(app: web.Application) -> None:
         task.cancel()  # run() closes both sides on its way out
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.gather(*state.reports)  # bounded: the model's answer, after_call
-    log.info("all calls ended")
+    if served or tasks:
+        log.info("all calls ended")
 
 
 async def quiet_accept_errors(app: web.Application) -> None:
@@ -1958,14 +2005,35 @@ except ImportError:
 
 
 class Worker(GunicornWebWorker):
-    """gunicorn's aiohttp worker, draining as `python bridge.py` does: aiohttp's own
-    shutdown deafens live calls, so the drain comes first (on_signal's policy).
+    """gunicorn's aiohttp worker, draining as `python bridge.py` does, however
+    gunicorn retires it: a SIGTERM (a stop, or a HUP reload's old workers), past
+    --max-requests, or once its master has died. Ctrl-C (SIGINT) hangs up at once.
     gunicorn 'bridge:create_app()' --worker-class bridge.Worker --workers 2"""
 
-    # GunicornWebWorker's own handle_exit sets `alive = False`, and its loop then
-    # shuts aiohttp down within a second: here that waits for drain() instead.
+    # gunicorn retires a worker by setting `alive` to False, and aiohttp's serve
+    # loop then shuts aiohttp down within a second, which deafens live calls. Here
+    # False begins the drain instead, and the worker stays alive until it is over.
     # gunicorn kills a worker after --graceful-timeout: keep it above DRAIN_SECONDS.
     draining: asyncio.Task | None = None
+    drained = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.drained
+
+    @alive.setter
+    def alive(self, alive: bool) -> None:
+        if alive or self.draining or self.drained:
+            return
+        if getattr(self, "wsgi", None) is None:  # still booting: nothing to drain
+            self.drained = True
+            return
+        on_signal(self.wsgi[STATE], signal.SIGTERM)
+        self.draining = self.loop.create_task(self.drain_then_stop())
+        # aiohttp's loop retires a worker past max_requests, or with another
+        # parent, without waiting: that must not be found again (and spin).
+        self.max_requests = sys.maxsize
+        self.ppid = os.getppid()
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -1973,17 +2041,13 @@ class Worker(GunicornWebWorker):
             state = self.wsgi[STATE]
             state.config = replace(state.config, greet_early=False)
 
-    def handle_exit(self, sig: int, frame: Any) -> None:  # SIGTERM
-        on_signal(self.wsgi[STATE], signal.SIGTERM)
-        if self.draining is None:
-            self.draining = self.loop.create_task(self.drain_then_stop())
-
     async def drain_then_stop(self) -> None:
         await drain(self.wsgi)
-        self.alive = False  # then aiohttp's shutdown: close_calls() hangs up the rest
+        self.drained = True  # then aiohttp's shutdown: close_calls() hangs up the rest
 
     def handle_quit(self, sig: int, frame: Any) -> None:  # SIGINT, SIGQUIT
         on_signal(self.wsgi[STATE], signal.SIGINT)
+        self.drained = True
         if self.draining:  # its last step is moot now
             self.draining.cancel()
         super().handle_quit(sig, frame)
@@ -2262,7 +2326,8 @@ async def close_socket(socket: Any, logger: CallLog | Refusals) -> None:
         # (a pump's): that is no reason to stop, only a cancel of our own is.
         if asyncio.current_task().cancelling():
             raise asyncio.CancelledError from None
-        logger.info("a peer did not answer our close: connection dropped")
+        peer = "Twilio" if isinstance(socket, web.WebSocketResponse) else "OpenAI"
+        logger.info("%s did not answer our close: connection dropped", peer)
     finally:
         with contextlib.suppress(OSError, AttributeError):  # no socket, or closed
             raw.shutdown(SHUT_RDWR)
@@ -2310,7 +2375,14 @@ async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
         work = function(*args, **kwargs)
     else:  # a plain function runs in a thread, so it cannot block the calls
         work = in_thread(function, *args, **kwargs)
-    return await asyncio.wait_for(work, TOOL_TIMEOUT)
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait([task], timeout=TOOL_TIMEOUT)
+    finally:  # late, or the call ended: not awaited, so that code which ignores
+        task.cancel()  # a cancel cannot hold up the call, or the exit
+    if not task.done():
+        raise TimeoutError
+    return task.result()
 
 
 def in_thread(function: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
@@ -2400,6 +2472,7 @@ async function call() {
     const answer = await fetch('/incoming', {method: 'POST', body});
     const twiml = new DOMParser().parseFromString(await answer.text(), 'text/xml');
     const stream = twiml.querySelector('Stream');
+    if (twiml.querySelector('Reject')) throw new Error('the line is busy');
     if (!answer.ok || !stream) throw new Error(`the webhook answered ${answer.status}`);
     const parameters = Array.from(stream.children,  // its <Parameter>s
       parameter => [parameter.getAttribute('name'), parameter.getAttribute('value')]);
