@@ -2375,14 +2375,7 @@ async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
         work = function(*args, **kwargs)
     else:  # a plain function runs in a thread, so it cannot block the calls
         work = in_thread(function, *args, **kwargs)
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.wait([task], timeout=TOOL_TIMEOUT)
-    finally:  # late, or the call ended: not awaited, so that code which ignores
-        task.cancel()  # a cancel cannot hold up the call, or the exit
-    if not task.done():
-        raise TimeoutError
-    return task.result()
+    return await asyncio.wait_for(work, TOOL_TIMEOUT)
 
 
 def in_thread(function: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:

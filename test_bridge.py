@@ -490,6 +490,7 @@ class World:
 async def world(**config):
     openai, api, responses = FakeOpenAI(), FakeTwilioAPI(), FakeResponses()
     models = FakeModels()
+    models.answers = config.pop("models", {})  # model -> its answer, from the start
     fakes = web.Application()
     fakes.router.add_get("/v1/models/{model}", models.handler)
     fakes.router.add_get("/v1/realtime", openai.handler)
@@ -694,6 +695,8 @@ class Running:
         self.proc, self.port, self.openai, self.http = proc, port, openai, http
         self.lines: list[str] = []  # what it logged so far
         self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+        self.reading = asyncio.Event()
+        self.reading.set()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -701,6 +704,7 @@ class Running:
     async def read_log(self) -> None:
         async for line in self.proc.stderr:
             self.lines.append(line.decode())
+            await self.reading.wait()  # cleared: the log's reader has stalled
 
     async def logged(self, text: str) -> str:
         """The first line the bridge logged with this text, once it has."""
@@ -4019,6 +4023,319 @@ async def test_no_piece_of_a_key_survives_a_cut_line_the_model_or_after_call(
     for text in (caplog.text, output, json.dumps(report)):
         assert not any(piece in text for piece in pieces_of(LIVE_KEY)), text[-400:]
     assert "<OPENAI_API_KEY>" in report["summary"] and "<OPENAI_API_KEY>" in output
+
+
+# ---------------------------------------------------------------------------
+# A full process keeps its calls: retirement, cost, the log, the models, load
+
+ONE_WORKER = tuple(
+    "1" if part == "2" and GUNICORN[i - 1] == "--workers" else part
+    for i, part in enumerate(GUNICORN)
+)
+
+
+@async_test
+async def test_a_worker_recycled_by_max_requests_drains_its_calls():
+    pytest.importorskip("gunicorn")
+    command = (*ONE_WORKER, "--max-requests", "4")
+    async with running_bridge(*command, DRAIN_SECONDS="30") as workers:
+        twilio, session = await workers.answered_call(1)
+        for _ in range(4):  # past --max-requests: gunicorn retires the worker
+            await workers.health()
+        await workers.logged("draining: 1 call for up to 30 s")
+        await call_goes_on(twilio, session)  # still heard both ways
+        await twilio.hang_up()
+        await session.wait_closed()
+        await workers.logged("all calls ended")
+        workers.proc.send_signal(signal.SIGTERM)
+        assert await workers.exit_code() == 0
+
+
+@async_test
+async def test_a_worker_whose_master_died_drains_its_calls_and_exits():
+    pytest.importorskip("gunicorn")
+    async with running_bridge(*ONE_WORKER, DRAIN_SECONDS="30") as workers:
+        twilio, session = await workers.answered_call(1)
+        workers.proc.kill()  # the master, and only it
+        await workers.logged("draining: 1 call for up to 30 s")
+        await call_goes_on(twilio, session)
+        await twilio.hang_up()
+        await session.wait_closed()
+        await workers.logged("all calls ended")
+
+
+# -- What each call cost ------------------------------------------------------
+
+USAGE = {
+    "total_tokens": 150,
+    "input_tokens": 100,
+    "output_tokens": 50,
+    "input_token_details": {"text_tokens": 30, "audio_tokens": 70, "cached_tokens": 20},
+    "output_token_details": {"text_tokens": 10, "audio_tokens": 40},
+}
+
+
+@async_test(transcript_dir=TMP, report_model="gpt-5.4-mini")
+async def test_each_replys_usage_is_summed_into_the_summary_and_the_report(
+    w, tmp_path, caplog, handed_on
+):
+    twilio, session = await w.answered_call()
+    for usage in (USAGE, USAGE, {"input_tokens": "many", "output_tokens": -5}):
+        done = {"id": "resp_1", "status": "completed", "usage": usage}
+        await session.send(type="response.done", response=done)
+    await twilio.hang_up()
+    await w.reported()
+    assert "0 barge-ins, 200 tokens in, 100 out" in caplog.text
+    [report] = handed_on
+    assert report["usage"] == {
+        "model": "gpt-realtime-2.1",
+        "input_tokens": 200,
+        "output_tokens": 100,
+        "input_token_details": {
+            "text_tokens": 60,
+            "audio_tokens": 140,
+            "cached_tokens": 40,
+        },
+        "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
+    }
+    assert report_file(tmp_path, twilio)["usage"] == report["usage"]
+
+
+# -- A log that cannot stall a call -------------------------------------------
+
+SMALL_LOG = ("-c", "import bridge; bridge.LOG_QUEUE = 50; bridge.main()")
+
+
+@async_test
+async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
+    async with running_bridge(*SMALL_LOG) as bridge_process:
+        twilio, session = await bridge_process.answered_call(1)
+        bridge_process.reading.clear()  # nobody reads the log: the pipe fills
+        for i in range(400):  # about 400 KB of log lines
+            await transcribed(session, "user", f"{i} " + "x" * 1000)
+        await call_goes_on(twilio, session)  # audio still flows both ways
+        bridge_process.reading.set()
+        line = await bridge_process.logged("log lines dropped")
+        assert "log lines dropped: the log's reader was too slow" in line
+        await twilio.hang_up()
+        await bridge_process.logged("call ended after")
+
+
+# -- The models checked at start-up -------------------------------------------
+
+DAY = datetime.timedelta(days=1)
+
+
+def shutting(days: int) -> tuple[int, dict]:
+    when = (datetime.datetime.now(datetime.UTC).date() + days * DAY).isoformat()
+    return 200, {"id": "m", "object": "model", "shutdown_date": when}
+
+
+@pytest.mark.parametrize(
+    "answers, level, said",
+    [
+        (
+            {"gpt-realtime": shutting(200)},
+            "WARNING",
+            "OPENAI_MODEL=gpt-realtime shuts down on",
+        ),
+        ({"gpt-realtime": shutting(20)}, "ERROR", "in 20 days: choose a current model"),
+        (
+            {"gpt-realtime": shutting(-1)},
+            "ERROR",
+            "OPENAI_MODEL=gpt-realtime was shut down on",
+        ),
+        (
+            {"whisper-1": (404, {"error": {"code": "model_not_found"}})},
+            "WARNING",
+            "TRANSCRIBE_MODEL=whisper-1: OpenAI has no such model (a typo?)",
+        ),
+        (
+            {"gpt-realtime": (401, {"error": {"code": "invalid_api_key"}})},
+            "ERROR",
+            "OpenAI refused OPENAI_API_KEY (HTTP 401): check it",
+        ),
+        ({"gpt-realtime": (500, {})}, "WARNING", "OPENAI_MODEL=gpt-realtime: HTTP 500"),
+    ],
+    ids=["far", "near", "past", "unknown", "bad-key", "failing"],
+)
+@async_test(openai_model="gpt-realtime", transcribe_model="whisper-1")
+async def test_the_models_api_is_asked_about_each_model_at_start_up(
+    w, answers, level, said, caplog
+):
+    await until(lambda: not checking(), "the start-up check")
+    caplog.clear()
+    w.models.answers, w.models.asked = answers, []
+    await bridge.check_models(w.state)  # as at start-up
+    lines = [r for r in caplog.records if r.name == "bridge"]
+    assert [(r.levelname, said in r.getMessage()) for r in lines] == [(level, True)]
+    if "401" in said:  # the key is wrong for every model: asked once
+        assert w.models.asked == ["gpt-realtime"]
+
+
+def checking() -> list:
+    return [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "check_models"]
+
+
+@async_test(models={"gpt-realtime-2.1": "hang"})
+async def test_an_unanswered_models_api_delays_no_call(w, caplog, monkeypatch):
+    twilio, session = await w.answered_call()
+    await call_goes_on(twilio, session)
+    assert checking()  # still waiting for its answer, while the call goes on
+    monkeypatch.setattr(bridge, "PREFLIGHT_TIMEOUT", 0.2)
+    await bridge.check_models(w.state)
+    why = "no answer in time"
+    assert (
+        f"could not ask OpenAI about the models, serving anyway: {why}" in caplog.text
+    )
+
+
+# -- Shedding load ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "limit, load, late, why",
+    [
+        (70, 69.0, 0.0, ""),
+        (70, 70.0, 0.0, "the process is 70 % busy (MAX_LOAD_PERCENT=70)"),
+        (70, 10.0, 0.08, "the event loop runs 80 ms late"),
+        (0, 99.0, 0.5, ""),  # 0: never shed
+    ],
+    ids=["under", "at-the-limit", "late", "off"],
+)
+def test_a_process_too_busy_is_told_by_its_load_or_its_lateness(limit, load, late, why):
+    state = bridge.State(bridge.Config(max_load_percent=limit))
+    state.load, state.late = load, late
+    assert bridge.overloaded(state) == why
+
+
+@async_test(max_load_percent=70)
+async def test_while_too_busy_a_call_hears_busy_and_health_says_so(w, caplog):
+    w.state.load = 95.0  # what measure_load found
+    await until(lambda: True, "")
+    twiml = await (await w.client.post("/incoming", data={"CallSid": CA1})).text()
+    assert twiml == '<Response><Reject reason="busy"/></Response>'
+    assert (
+        "a call refused: the process is 95 % busy (MAX_LOAD_PERCENT=70)" in caplog.text
+    )
+    health = await w.client.get("/health")
+    assert health.status == 503 and (await health.json())["status"] == "busy"
+    assert not w.openai.sessions
+
+
+@async_test(max_load_percent=70, shorten={"LOAD_EVERY": 0.05, "LOAD_WINDOW": 0.1})
+async def test_a_stalled_loop_is_measured_and_sheds_calls(w):
+    await until(lambda: w.state.load > 0, "a look")
+    time.sleep(0.2)  # the loop stalls: no await, no CPU
+    await until(lambda: w.state.late >= 0.15, "a late look")
+    assert "the event loop runs" in bridge.overloaded(w.state)
+
+
+@async_test(shorten={"LOAD_EVERY": 0.05, "REFUSALS_EVERY": 0.1})
+async def test_a_windows_hidden_refusals_are_told_when_it_ends(w, caplog):
+    w.state.refusals = bridge.Refusals()  # with the short window
+    for _ in range(5):
+        await w.client.post("/voice")
+    await logged(caplog, "2 more refusals in the last minute")
+
+
+# -- What was left alone ------------------------------------------------------
+
+
+@async_test(**REST)
+async def test_a_child_legs_webhook_buys_no_session(w, caplog):
+    form = {"CallSid": CA1, "AccountSid": SID, "ParentCallSid": sid("CA", 2), **CALLER}
+    assert (await w.post_signed(form)).status == 403
+    assert f"{CA1} is a child leg" in caplog.text
+    assert not w.openai.sessions and not w.state.calls
+
+
+def test_two_proofs_in_one_second_are_two_and_each_is_used_once(monkeypatch):
+    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
+    first, second = (bridge.call_proof(TOKEN, CA1) for _ in range(2))
+    assert first != second
+    assert bridge.proof_ok(TOKEN, CA1, first) and bridge.proof_ok(TOKEN, CA1, second)
+    state = bridge.State(bridge.Config(twilio_auth_token=TOKEN))
+    start = {"callSid": CA1, "streamSid": sid("MZ", 1)}
+    for proof in (first, second):
+        assert (
+            bridge.stream_refusal(state, start | {"customParameters": {"proof": proof}})
+            == ""
+        )
+    again = start | {"customParameters": {"proof": first}}
+    assert (
+        bridge.stream_refusal(state, again)
+        == "stream refused: its proof was used already"
+    )
+
+
+def test_placing_calls_needs_the_rest_settings_at_start_up():
+    with pytest.raises(ValueError, match="TWILIO_NUMBER needs TWILIO_ACCOUNT_SID"):
+        bridge.Config.from_env({"TWILIO_NUMBER": "+15551234567"})
+
+
+@async_test(**REST)
+async def test_a_machine_answering_during_a_drain_is_hung_up_not_lost(w, caplog):
+    w.state.drain_until = float("inf")
+    assert (await amd(w, "machine_end_beep")).status == 200
+    assert (await w.api.request())[2] == {"Status": "completed"}
+    assert "answered by machine_end_beep while draining: hanging up" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("http://user:sk-pass@proxy.example/v1", "'http://...@proxy.example/v1'"),
+        ("ftp://proxy.example/v1?key=sk-secret", "'ftp://proxy.example/v1?...'"),
+    ],
+    ids=["user-info", "query"],
+)
+def test_a_bad_urls_credentials_are_never_echoed(value, shown):
+    with pytest.raises(ValueError) as problem:
+        bridge.Config.from_env({"OPENAI_REALTIME_URL": value})
+    assert str(problem.value).startswith(f"OPENAI_REALTIME_URL={shown} is not allowed")
+    assert "sk-" not in str(problem.value)
+
+
+# -- What a newcomer tripped on -----------------------------------------------
+
+
+def test_a_misspelt_setting_is_warned_about():
+    env = {"TURN_DETECTON": "semantic_vad", "OPENAI_MODLE": "x", "HOME": "/root"}
+    assert bridge.unknown_settings(env) == [
+        "OPENAI_MODLE is not a setting: ignored (did you mean OPENAI_MODEL?)",
+        "TURN_DETECTON is not a setting: ignored (did you mean TURN_DETECTION?)",
+    ]
+
+
+@async_test(twilio_auth_token=TOKEN)
+async def test_the_phone_page_with_a_token_says_why_it_is_off(w, caplog):
+    assert (await w.client.get("/phone")).status == 404
+    assert (
+        "GET /phone: Not Found (the phone page is off: TWILIO_AUTH_TOKEN is set)"
+        in caplog.text
+    )
+
+
+@async_test
+async def test_an_openai_event_of_an_unknown_kind_is_warned_about(
+    twilio, session, caplog
+):
+    await session.send(type="response.audio.delta", item_id="item_1", delta="AAAA")
+    await session.send(type="rate_limits.updated", rate_limits=[])  # known: quiet
+    await logged(caplog, "unknown OpenAI event response.audio.delta ignored")
+    await call_goes_on(twilio, session)
+    assert "rate_limits" not in caplog.text
+
+
+@async_test(shorten={"STREAM_WAIT": 0.2})
+async def test_an_early_session_that_no_stream_joined_says_so(w, caplog):
+    await w.webhook()
+    session = await w.openai.session()
+    await session.wait_closed()
+    await wound_down(w.app)
+    assert "the webhook's session ended unused: no stream came here" in caplog.text
+    assert "call ended after" not in caplog.text
 
 
 # ---------------------------------------------------------------------------
