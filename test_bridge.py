@@ -761,6 +761,7 @@ async def running_bridge(*command: str, **env: str):
             env=env,
             cwd=os.path.dirname(BRIDGE),
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its workers are killed with it, below
         )
         # A new connection for each request, so that each may reach another worker.
         connector = aiohttp.TCPConnector(force_close=True)
@@ -776,9 +777,9 @@ async def running_bridge(*command: str, **env: str):
                         await asyncio.sleep(0.1)
                 yield running
             finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+                with contextlib.suppress(ProcessLookupError):  # a worker left over
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
                 await reader
                 for ws in running.sockets:
                     await ws.close()
