@@ -198,7 +198,8 @@ def not_allowed(name: str, value: str, rule: Mapping) -> str:
     if ok:
         return ""
     if "://" in value:  # a URL's user, password and query may hold a credential
-        value = re.sub(r"\?.*", "?...", re.sub("//[^/]*@", "//...@", value), flags=re.S)
+        value = re.sub("//[^/]*@", "//...@", value)
+        value = re.sub(r"\?.*", "?...", value, flags=re.S)
     shown = name if allowed == SECRET else f"{name}={value!r}"  # never a secret
     return f"{shown} is not allowed: {says or allowed.replace('|', ' or ')}"
 
@@ -1820,9 +1821,10 @@ async def measure_load(state: State) -> None:
     cpu, wall = time.process_time(), loop.time()  # at the last look
     while True:
         await asyncio.sleep(LOAD_EVERY)
-        state.late = loop.time() - wall - LOAD_EVERY
-        looks.append((time.process_time() - cpu, loop.time() - wall))
-        cpu, wall = time.process_time(), loop.time()
+        now_cpu, now = time.process_time(), loop.time()  # read once: no gap unseen
+        state.late = now - wall - LOAD_EVERY
+        looks.append((now_cpu - cpu, now - wall))
+        cpu, wall = now_cpu, now
         state.load = 100 * sum(c for c, _ in looks) / sum(w for _, w in looks)
         state.refusals.tell_hidden()  # a window's count, without waiting for more
 
