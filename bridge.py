@@ -39,8 +39,7 @@ import hmac
 import inspect
 import ipaddress
 import json
-import logging
-import logging.handlers
+import logging.handlers  # and logging
 import math
 import os
 import queue
@@ -54,7 +53,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -78,7 +77,6 @@ OPENAI_API = "https://api.openai.com"  # its REST API: the call report
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
 CALL_SID = "CA[0-9a-f]{32}"  # Twilio's ids: two letters for the kind, 32 hex digits
-STREAM_SID = "MZ[0-9a-f]{32}"
 SECRET = "[!-~]+"  # a key or token: printable ASCII, no spaces
 # These transcription models take `languages` and `keywords`; older ones a `language`.
 NEW_TRANSCRIBERS = ("gpt-transcribe", "gpt-live-transcribe")
@@ -159,30 +157,25 @@ class Config:
             raise ValueError("\n".join(problems))
         return config
 
-    def conflicts(self) -> list[str]:
+    def conflicts(self) -> Iterator[str]:
         """Settings that are allowed one by one, but not together."""
-        problems = []
         port = self.public_url.rpartition(":")[2]
         if port.isdigit() and (len(port) > 5 or not 0 < int(port) < 65536):
-            problems.append("PUBLIC_URL's port is not allowed: 1 to 65535")
+            yield "PUBLIC_URL's port is not allowed: 1 to 65535"
         if self.idle_timeout_seconds and self.turn_detection != "server_vad":
-            problems.append("IDLE_TIMEOUT_SECONDS works only with server_vad")
+            yield "IDLE_TIMEOUT_SECONDS works only with server_vad"
         rest = self.twilio_account_sid and self.twilio_auth_token
         for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # and /amd
             if getattr(self, name.lower()) and not rest:
-                problems.append(
-                    f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
-                )
+                yield f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         name = "TRANSCRIBE_KEYWORDS"
         if len(self.keywords) > 100 or max(map(len, self.keywords), default=0) > 50:
-            problems.append(f"{name}: at most 100, each at most 50 characters")
+            yield f"{name}: at most 100, each at most 50 characters"
         if self.keywords and self.transcribe_model not in NEW_TRANSCRIBERS:
-            problems.append(f"{name} works only with {' or '.join(NEW_TRANSCRIBERS)}")
-        return problems
+            yield f"{name} works only with {' or '.join(NEW_TRANSCRIBERS)}"
 
     @property
-    def keywords(self) -> list[str]:
-        """TRANSCRIBE_KEYWORDS as a list, each trimmed."""
+    def keywords(self) -> list[str]:  # TRANSCRIBE_KEYWORDS, each trimmed
         words = self.transcribe_keywords.split(",")
         return [word.strip() for word in words if word.strip()]
 
@@ -191,11 +184,10 @@ def not_allowed(name: str, value: str, rule: Mapping) -> str:
     """Why a setting's value is not allowed, or "" if it is."""
     allowed, says = rule["allowed"], rule["says"]
     if isinstance(allowed, range):
-        ok = re.fullmatch("[0-9]{1,6}", value) and int(value) in allowed
         says = f"a whole number from {allowed.start} to {allowed.stop - 1}"
-    else:
-        ok = re.fullmatch(allowed, value)
-    if ok:
+        if re.fullmatch("[0-9]{1,6}", value) and int(value) in allowed:
+            return ""
+    elif re.fullmatch(allowed, value):
         return ""
     if "://" in value:  # a URL's user, password and query may hold a credential
         value = re.sub("//[^/]*@", "//...@", value)
@@ -205,8 +197,8 @@ def not_allowed(name: str, value: str, rule: Mapping) -> str:
 
 
 def unknown_settings(env: Mapping[str, str]) -> list[str]:
-    """A warning for each environment variable that looks like a setting but is not
-    one: a typo (TURN_DETECTON) would be ignored without a word."""
+    """A warning for each environment variable that looks like a setting but is not."""
+    # A typo (TURN_DETECTON) would be ignored without a word.
     names = [item.name.upper() for item in fields(Config)]
     lines = []
     for name in sorted(set(env) - set(names)):
@@ -266,7 +258,6 @@ MAX_KEYS = 64  # keys of one burst the model hears; more are dropped
 MAX_TOOL_OUTPUT = 16 * 1024  # characters of a tool's output the model is given
 LOAD_EVERY = 0.5  # seconds between two looks at how busy the process is
 LOAD_WINDOW = 2.0  # seconds the load is averaged over
-LATE_LIMIT = 0.05  # seconds late a timer may fire before new calls hear busy
 # The log: lines wait for the writer's thread in a queue of LOG_QUEUE at most (more
 # are dropped, and counted), and at exit for LOG_FLUSH seconds at most.
 LOG_QUEUE = 10_000
@@ -376,8 +367,9 @@ def instructions_for(config: Config, call: dict[str, str]) -> str:
 
 
 def after_call(report: dict) -> None:
-    """A call's report, when REPORT_MODEL is set: edit this to send it on (to a CRM,
-    a database). It may be async; it runs for TOOL_TIMEOUT at most, like a tool."""
+    """A call's report, when REPORT_MODEL is set: edit this to send it on."""
+    # To a CRM, a database... It may be async. Like a tool, it runs for TOOL_TIMEOUT
+    # at most.
 
 
 # ----------------------------------------------------------------------------
@@ -400,7 +392,7 @@ async def incoming(request: web.Request) -> web.Response:
     # A replayed webhook must not mint a fresh proof for a call that has ended.
     if call_sid in state.calls or not first_time(state.remembered, call_sid):
         raise refuse(request, web.HTTPForbidden, "%s was answered already", call_sid)
-    if why := too_busy(state):  # nothing is billed
+    if why := overloaded(state):  # nothing is billed
         state.refusals.warning("a call refused: %s", why)
         return twiml('<Response><Reject reason="busy"/></Response>')
     log.info("[%s] incoming call", call_sid)
@@ -409,20 +401,16 @@ async def incoming(request: web.Request) -> web.Response:
     return twiml(stream_twiml(request, call_sid, context))
 
 
-def too_busy(state: State) -> str:
+def overloaded(state: State) -> str:
     """Why this process takes no more calls now (the caller hears busy), or ""."""
+    # MAX_CALLS reached, past MAX_LOAD_PERCENT, or its event loop late.
+    limit = state.config.max_load_percent
     if len(state.calls) >= state.config.max_calls:
         return f"MAX_CALLS={len(state.calls)} reached"
-    return overloaded(state)
-
-
-def overloaded(state: State) -> str:
-    """Why the process is too busy for one more call, or "": past MAX_LOAD_PERCENT,
-    or its event loop late (the core is shared or stalled)."""
-    limit = state.config.max_load_percent
     if limit and state.load >= limit:
         return f"the process is {state.load:.0f} % busy (MAX_LOAD_PERCENT={limit})"
-    if limit and state.late >= LATE_LIMIT:
+    # A timer that fires 50 ms late or more: the core is shared or stalled.
+    if limit and state.late >= 0.05:
         return f"the event loop runs {state.late * 1000:.0f} ms late"
     return ""
 
@@ -504,9 +492,8 @@ def check_signature(request: web.Request, url: str, params: dict[str, str]) -> N
     # Twilio may sign with or without an explicit :443, a handshake with a trailing /.
     scheme, _, rest = url.partition("://")
     host, _, path = rest.partition("/")
-    host = host.removesuffix(":443")
-    hosts = {host, host + ":443" if scheme in ("https", "wss") else host}
-    urls = {f"{scheme}://{h}/{p}" for h in hosts for p in {path, path + "/"}}
+    base = scheme + "://" + host.removesuffix(":443")
+    urls = {f"{b}/{p}" for b in (base, base + ":443") for p in (path, path + "/")}
     signed = (twilio_signature(token, u, params) for u in urls)
     if not (given.isascii() and any(hmac.compare_digest(s, given) for s in signed)):
         raise refuse(request, web.HTTPForbidden, "bad signature (checked %s)", url)
@@ -525,10 +512,9 @@ def refuse(
     request: web.Request, error: type[web.HTTPException], why: str, *args: object
 ) -> web.HTTPException:
     """An HTTP error for a request we refuse, logged as one short line."""
+    refusals = request.app[STATE].refusals
     what = (request.method, printable(request.path), request.remote)
-    request.app[STATE].refusals.warning(
-        "%s %s from %s: " + why, *what, *map(printable, args)
-    )
+    refusals.warning("%s %s from %s: " + why, *what, *map(printable, args))
     response = error()
     response.force_close()  # nothing more from a client we refuse
     return response
@@ -579,56 +565,55 @@ async def media(request: web.Request) -> web.StreamResponse:
         state.waiting.discard(waiting)
     if start and (why := stream_refusal(state, start)):
         state.refusals.warning(f"[%s] {why}", start["callSid"])
-    elif start:
-        await join_call(state, twilio, start)
+    elif start:  # the call gets its stream; we wait for it to end
+        parameters = start.get("customParameters", {})
+        call = state.calls.get(start["callSid"])
+        if call and "Voicemail" in parameters:  # /amd redirected the call: the old
+            call.task.cancel()  # stream is ending, and this one leaves the message
+            await asyncio.wait([call.task])
+            call = None
+        # No call yet if another instance, or a restart, answered the webhook.
+        call = call or begin_call(state, start["callSid"], call_context(parameters))
+        call.attach(twilio, start)
+        await asyncio.wait([call.task])
     await close_socket(twilio, state.refusals)  # a call's closed it already
     return twilio
 
 
 async def stream_start(twilio: web.WebSocketResponse, refusals: Refusals) -> dict:
     """Twilio's `start` message; {} (logged) if none comes in time, or a bad one."""
-    try:
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            async for msg in aiter_at_most(twilio, BEFORE_START):
+            for _ in range(BEFORE_START):
+                msg = await anext(twilio, None)
+                if msg is None:  # Twilio closed the stream
+                    break
                 event = parse(msg, "Twilio", "event", refusals)
                 if event is None or event["event"] == "connected":
                     continue
-                if event["event"] != "start":
-                    refusals.warning(
-                        "%s before start ignored", printable(event["event"])
-                    )
-                elif usable_start(event.get("start")):
+                if event["event"] == "start" and usable_start(event.get("start")):
                     return event["start"]
-                else:
+                if event["event"] == "start":
                     refusals.warning("stream refused: a start without Twilio's ids")
                     return {}
-    except TimeoutError:
-        pass
+                refusals.warning("%s before start ignored", printable(event["event"]))
     refusals.warning("stream refused: no start message from Twilio")
     return {}
 
 
-async def aiter_at_most(socket: web.WebSocketResponse, count: int) -> AsyncIterator:
-    """The socket's first `count` messages."""
-    async for msg in socket:
-        yield msg
-        if (count := count - 1) == 0:
-            return
-
-
-def usable_start(start: object) -> bool:
-    """A `start` with Twilio's two ids, and its parameters (if any) an object."""
+def usable_start(start: object) -> bool:  # Twilio's ids; parameters (if any) a dict
     return (
         isinstance(start, dict)
         and isinstance(start.get("customParameters", {}), dict)
         and re.fullmatch(CALL_SID, str(start.get("callSid"))) is not None
-        and re.fullmatch(STREAM_SID, str(start.get("streamSid"))) is not None
+        and re.fullmatch("MZ[0-9a-f]{32}", str(start.get("streamSid"))) is not None
     )
 
 
 def stream_refusal(state: State, start: dict) -> str:
-    """Why a stream's `start` is refused, or "" to take it. Asking uses up a valid
-    proof: a `start` replayed after this one is refused, whatever became of it."""
+    """Why a stream's `start` is refused, or "" to take it."""
+    # Asking uses up a valid proof: a `start` replayed after this one is refused,
+    # whatever became of it.
     call_sid, parameters = start["callSid"], start.get("customParameters", {})
     call = state.calls.get(call_sid)
     token = state.config.twilio_auth_token
@@ -643,27 +628,14 @@ def stream_refusal(state: State, start: dict) -> str:
     return ""
 
 
-async def join_call(state: State, twilio: web.WebSocketResponse, start: dict) -> None:
-    """Give the call its stream, and wait for the call to end."""
-    parameters = start.get("customParameters", {})
-    call = state.calls.get(start["callSid"])
-    if call and "Voicemail" in parameters:  # /amd redirected the call: the old
-        call.task.cancel()  # stream is ending, and this one leaves the message
-        await asyncio.wait([call.task])
-        call = None
-    # No call yet if another instance, or a restart, answered the webhook.
-    call = call or begin_call(state, start["callSid"], call_context(parameters))
-    call.attach(twilio, start)
-    await asyncio.wait([call.task])
-
-
 # What Twilio's answering-machine detection says once a machine's beep has passed.
 MACHINE_ENDS = ("machine_end_beep", "machine_end_silence", "machine_end_other")
 
 
 async def amd(request: web.Request) -> web.Response:
-    """Twilio's answering-machine detection on a call we placed. It may reach another
-    process than the call's stream, so it acts through Twilio, not through memory."""
+    """Twilio's answering-machine detection on a call we placed."""
+    # It may reach another process than the call's stream, so it acts through Twilio,
+    # not through memory.
     form = await signed_form(request)
     state, call_sid = request.app[STATE], form["CallSid"]
     answered_by = printable(form.get("AnsweredBy"))
@@ -673,17 +645,16 @@ async def amd(request: web.Request) -> web.Response:
         return web.Response()
     if not first_time(state.remembered, f"amd {call_sid}"):  # a replay: no change
         raise refuse(request, web.HTTPForbidden, "%s was detected already", call_sid)
-    if answered_by in MACHINE_ENDS and state.drain_until is not None:
+    change = {"Status": "completed"}  # hang up
+    if answered_by == "fax":
+        call_log.info("answered by fax: hanging up")
+    elif state.drain_until is not None:  # a new stream might find no process left
         call_log.info("answered by %s while draining: hanging up", answered_by)
-        change = {"Status": "completed"}  # a new stream might find no process left
-    elif answered_by in MACHINE_ENDS:  # its greeting and beep are over: a new stream,
-        # whose session leaves the message, replaces the call's.
+    else:  # its greeting and beep are over: a new stream, whose session leaves the
+        # message, replaces the call's.
         call_log.info("answered by %s: leaving a voicemail", answered_by)
         context = {"Direction": "outbound-api", "Voicemail": answered_by}
         change = {"Twiml": stream_twiml(request, call_sid, context)}
-    else:
-        call_log.info("answered by fax: hanging up")
-        change = {"Status": "completed"}
     try:
         await twilio_rest(state.http, state.config, f"Calls/{call_sid}.json", change)
     except TwilioError as exc:
@@ -702,8 +673,8 @@ class TwilioError(Exception):
 async def twilio_rest(
     http: aiohttp.ClientSession, config: Config, path: str, form: dict | None
 ) -> dict:
-    """POST a form to Twilio's REST API (or GET, with none), with basic auth; its
-    JSON answer. To place, check, transfer and record calls, and hang up a fax."""
+    """POST a form to Twilio's REST API (or GET, with none): its JSON answer."""
+    # To place, check, transfer and record calls, and hang up a fax.
     account = config.twilio_account_sid
     url = f"{config.twilio_api_url}/2010-04-01/Accounts/{account}/{path}"
     login = base64.b64encode(f"{account}:{config.twilio_auth_token}".encode())
@@ -717,9 +688,8 @@ async def twilio_rest(
             answer = json.loads(await read_at_most(response, MAX_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         if response is None or response.status < 400:
-            raise TwilioError(
-                f"Twilio's API did not answer: {printable(exc)}"
-            ) from None
+            why = f"Twilio's API did not answer: {printable(exc)}"
+            raise TwilioError(why) from None
         answer = {}  # an error page, not Twilio's JSON (a proxy's 404): the status says
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
