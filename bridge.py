@@ -723,23 +723,18 @@ class Chunk(NamedTuple):
 
 
 class Playback:
-    """What the caller has heard of the agent: the chunks sent, the marks back and
-    the stream clock. Arithmetic only: the call does the sending."""
+    """What the caller has heard of the agent. Arithmetic only: the call sends."""
 
     def __init__(self) -> None:
         self.clock_ms = 0  # Twilio's stream clock: the newest media timestamp
-        self.marked: deque[Chunk] = deque()  # sent with their marks, not back yet
-        self.unmarked: Chunk | None = None  # the newest chunk, its mark not sent yet
+        # Sent and not yet heard to the end, oldest (the one playing) first.
+        self.queued: list[Chunk] = []
+        self.open = False  # the newest chunk is open: it grows, its mark not sent
         self.playing_since = 0  # clock_ms when the oldest queued chunk began to play
         self.reply = ""  # the reply whose audio is being sent
         self.reply_ms = 0.0  # how much of it has been sent
         self.cut_reply = ""  # the reply cut last: its late audio must not play
         self.chunks = 0  # chunks so far: each is named by its number
-
-    @property
-    def queued(self) -> list[Chunk]:
-        """Sent and not yet heard to the end, oldest (the one playing) first."""
-        return [*self.marked, self.unmarked] if self.unmarked else list(self.marked)
 
     def add(self, reply: str, ms: float) -> Chunk:
         """`ms` more of `reply` was sent: the open chunk grows, or a new one opens.
@@ -749,32 +744,30 @@ class Playback:
         if reply != self.reply:
             self.reply, self.reply_ms = reply, 0.0
         end_ms = self.reply_ms + ms
-        if self.unmarked:
-            self.unmarked = self.unmarked._replace(end_ms=end_ms)
+        if self.open:
+            self.queued[-1] = self.queued[-1]._replace(end_ms=end_ms)
         else:
             self.chunks += 1
-            self.unmarked = Chunk(str(self.chunks), reply, self.reply_ms, end_ms)
+            self.queued.append(Chunk(str(self.chunks), reply, self.reply_ms, end_ms))
+            self.open = True
         self.reply_ms = end_ms
-        return self.unmarked
+        return self.queued[-1]
 
     def close(self) -> str:
         """End the open chunk: the name of the mark to send after it ("" if none)."""
-        if self.unmarked is None:
+        if not self.open:
             return ""
-        self.marked.append(self.unmarked)
-        self.unmarked = None
-        return self.marked[-1].mark
+        self.open = False
+        return self.queued[-1].mark
 
     def mark_back(self, name: str) -> None:
         """Twilio has played up to this mark. One flushed by a clear matches
         nothing: cut() forgot its chunk."""
-        queued = self.queued
-        if queued and queued[0].mark == name:
-            if self.marked:
-                self.marked.popleft()
-            else:  # forged: chunks are numbered, so a peer can name one not marked
-                self.unmarked = None
+        if self.queued and self.queued[0].mark == name:
+            self.queued.pop(0)
             self.playing_since = self.clock_ms
+            if not self.queued:  # forged: a peer can name the open chunk's number
+                self.open = False
 
     def cut(self) -> dict[str, int]:
         """The caller interrupted: how much of each queued reply was heard (ms), and
@@ -782,16 +775,15 @@ class Playback:
         # Late audio of the reply must not play: the server cancels it on speech,
         # and caller_text() before the keys' reply.
         self.cut_reply = self.reply
-        queued = self.queued
-        if not queued:
+        if not self.queued:
             return {}
-        playing = queued[0]
+        playing = self.queued[0]
         heard_ms = playing.start_ms + max(0, self.clock_ms - self.playing_since)
         heard_ms = min(heard_ms, playing.end_ms)  # never past what was sent: an error
-        cuts = {chunk.reply: 0 for chunk in queued}  # queued after it: unheard
+        cuts = {chunk.reply: 0 for chunk in self.queued}  # queued after it: unheard
         cuts[playing.reply] = int(heard_ms)
-        self.marked.clear()
-        self.unmarked = None
+        self.queued.clear()
+        self.open = False
         return cuts
 
     def queued_ms(self) -> float:
@@ -828,8 +820,6 @@ def begin_call(state: State, call_sid: str, context: dict) -> Call:
 
 
 class Call:
-    """One phone call: its stream, its model session, and what the pumps share."""
-
     def __init__(self, state: State, call_sid: str, context: dict) -> None:
         self.state, self.config = state, state.config
         self.call_sid = call_sid
@@ -846,9 +836,9 @@ class Call:
         self.keys_at = 0.0  # when the last of them was pressed
         self.twilio_at = 0.0  # when Twilio's last message came: silence is death
         self.sending: dict[Any, float] = {}  # socket -> when a send to it began
-        self.transcript: Path | None = None
-        if self.config.transcript_dir:  # a CallSid is letters and digits: a safe name
-            self.transcript = Path(self.config.transcript_dir) / f"{call_sid}.jsonl"
+        # A CallSid is letters and digits: a safe name for the call's transcript.
+        folder = self.config.transcript_dir
+        self.transcript = Path(folder) / f"{call_sid}.jsonl" if folder else None
         self.playback = Playback()
         self.turns: list[tuple[str, str]] = []  # (role, text): replays, the report
         self.began = time.monotonic()
@@ -862,7 +852,6 @@ class Call:
 
     @property
     def streaming(self) -> bool:
-        """The call's Media Stream has started."""
         return self.stream.done()
 
     def attach(self, socket: web.WebSocketResponse, start: dict) -> None:
@@ -971,8 +960,10 @@ class Call:
         # A stuck send would hold up its pump for good (the caller's `stop` unread).
         # One check a second costs far less than a timer on every message: those
         # made the bridge cost 1.4 times a bare forwarder.
-        await asyncio.sleep(WATCH_EVERY * random.random())  # calls that start together
-        while True:  # are watched apart, not all in one tick
+        # Calls that start together are watched apart, not all in one tick.
+        await asyncio.sleep(WATCH_EVERY * random.random())
+        why = ""
+        while not why:
             await asyncio.sleep(WATCH_EVERY)
             now = time.monotonic()
             stuck = [s for s, t in self.sending.items() if now - t > SEND_TIMEOUT]
@@ -981,10 +972,7 @@ class Call:
             elif stuck:
                 side = "Twilio" if stuck[0] is self.twilio else "OpenAI"
                 why = f"{side} stopped reading for {SEND_TIMEOUT:g} s"
-            else:
-                continue
-            self.log.warning("%s: hanging up", why)
-            return
+        self.log.warning("%s: hanging up", why)
 
     async def handle(self, msg: Any, side: str, key: str, act: Callable) -> Any:
         """Parse one message and act on it; one that is malformed is skipped."""
@@ -1056,13 +1044,11 @@ class Call:
     async def send_twilio(self, event: str, **fields: dict) -> None:
         """One of the three messages Twilio takes: media, mark or clear."""
         stream = self.stream.result()
-        await self.send(
-            stream.socket, {"event": event, "streamSid": stream.sid, **fields}
-        )
+        message = {"event": event, "streamSid": stream.sid, **fields}
+        await self.send(stream.socket, message)
 
     async def play(self, reply: str, audio: str) -> None:
-        """A piece of the agent's voice for the caller. It joins the open chunk,
-        which is marked once it is MARK_EVERY_MS long or the reply ends."""
+        """A piece of the agent's voice for the caller, marked each MARK_EVERY_MS."""
         if reply == self.playback.cut_reply:
             return  # the caller interrupted this reply: its late audio must not play
         if reply != self.playback.reply:
@@ -1074,14 +1060,12 @@ class Call:
             if chunk.end_ms - chunk.start_ms >= MARK_EVERY_MS:
                 await self.send_mark()
         if self.speech_stopped_at is not None:  # the first audio of a reply
-            latency_ms = (time.monotonic() - self.speech_stopped_at) * 1000
-            self.latencies_ms.append(latency_ms)
+            self.latencies_ms.append((time.monotonic() - self.speech_stopped_at) * 1000)
             self.speech_stopped_at = None
-            self.log.info("reply latency %.0f ms", latency_ms)
+            self.log.info("reply latency %.0f ms", self.latencies_ms[-1])
 
     async def send_mark(self) -> None:
-        """End the open chunk with its mark: Twilio sends it back once the caller
-        has heard all the audio before it."""
+        """End the open chunk with its mark, back once the caller has heard it."""
         if name := self.playback.close():
             await self.send_twilio("mark", mark={"name": name})
 
@@ -1161,10 +1145,9 @@ class Call:
 
     async def finish_speaking(self) -> None:
         """Wait until the caller has heard the agent's last words (bounded)."""
+        seconds = self.playback.queued_ms() / 1000 + GOODBYE_GRACE
         try:
-            async with asyncio.timeout(
-                self.playback.queued_ms() / 1000 + GOODBYE_GRACE
-            ):
+            async with asyncio.timeout(seconds):
                 while self.playback.queued:  # until the last mark comes back
                     await asyncio.sleep(0.02)
         except TimeoutError:
@@ -1204,9 +1187,8 @@ class Call:
             self.log.warning("not recorded: %s", exc)
 
     async def check_live(self) -> None:
-        """Hang up unless Twilio says the call is live. Signatures carry no time, so
-        a webhook replayed to a restarted or another process (or once first_time()
-        has forgotten it) gets a fresh proof; only Twilio knows the call is over."""
+        """Hang up unless Twilio says the call is live. Signatures carry no time: a
+        webhook replayed where first_time() has not seen it gets a fresh proof."""
         try:
             answer = await self.ask_twilio(".json", None)
             status = printable(answer.get("status"))
@@ -1227,7 +1209,6 @@ class Call:
     # -- The conversation as text ----------------------------------------------
 
     def remember(self, role: str, text: str) -> None:
-        """Log a spoken turn, and record it."""
         self.log.info("%s: %s", SPEAKERS[role], printable(text, 1000))
         self.add_turn(role, text)
 
@@ -1272,8 +1253,7 @@ class Call:
 def session_update(config: Config, instructions: str, turns: bool = True) -> dict:
     """The first event of every Realtime session: mu-law both ways, turn detection
     (none for a voicemail: a machine's noise must not cut the message short)."""
-    off = config.noise_reduction == "off"
-    noise = None if off else {"type": config.noise_reduction}
+    noise = config.noise_reduction
     return {
         "type": "session.update",
         "session": {
@@ -1283,7 +1263,7 @@ def session_update(config: Config, instructions: str, turns: bool = True) -> dic
                 "input": {
                     "format": {"type": "audio/pcmu"},
                     "turn_detection": turn_detection(config) if turns else None,
-                    "noise_reduction": noise,
+                    "noise_reduction": None if noise == "off" else {"type": noise},
                     "transcription": transcription(config),
                 },
                 "output": {"format": {"type": "audio/pcmu"}, "voice": config.voice},
@@ -1343,34 +1323,20 @@ def add_usage(total: dict, usage: object) -> None:
 
 
 def text_of(event: dict, *names: str) -> list[str]:
-    """The fields of an event the call uses as text: a TypeError (a malformed
-    event, dropped) if one is not, so that no list becomes an item id."""
+    """Fields that must be text, or a TypeError (no list may become an item id)."""
     values = [event[name] for name in names]
     if not all(isinstance(value, str) for value in values):
         raise TypeError(f"{', '.join(names)}: not text")
     return values
 
 
-# Realtime's events (the SDK's RealtimeServerEvent) that the call has no use for.
-IGNORED_EVENTS = set(
-    """
-    session.created session.updated conversation.created rate_limits.updated
-    conversation.item.added conversation.item.created conversation.item.done
-    conversation.item.deleted conversation.item.retrieved conversation.item.truncated
-    conversation.item.input_audio_transcription.delta
-    conversation.item.input_audio_transcription.segment
-    conversation.item.input_audio_transcription.failed
-    input_audio_buffer.committed input_audio_buffer.cleared
-    input_audio_buffer.dtmf_event_received output_audio_buffer.started
-    output_audio_buffer.stopped output_audio_buffer.cleared
-    response.output_item.added response.output_item.done response.content_part.added
-    response.content_part.done response.output_audio.done
-    response.output_audio_transcript.delta response.output_text.delta
-    response.output_text.done response.function_call_arguments.delta
-    mcp_list_tools.in_progress mcp_list_tools.completed mcp_list_tools.failed
-    response.mcp_call_arguments.delta response.mcp_call_arguments.done
-    response.mcp_call.in_progress response.mcp_call.completed response.mcp_call.failed
-    """.split()
+# Realtime's events (the SDK's RealtimeServerEvent) that the call has no use for, by
+# family: on_event() reads the few it needs first. Any other is warned about, e.g.
+# the beta's response.audio.delta (now response.output_audio.delta).
+IGNORED_EVENTS = tuple(
+    """session. conversation. rate_limits. input_audio_buffer. output_audio_buffer.
+    response.output_ response.content_part. response.function_call_arguments.
+    response.mcp_call mcp_list_tools.""".split()
 )
 
 
@@ -1388,10 +1354,19 @@ class Realtime:
 
     async def open(self) -> bool:
         """Open and configure a session, with the conversation so far and what the
-        caller said while it opened."""
+        caller said while it opened; False (logged) if it could not be opened."""
         call, config = self.call, self.call.config
         url = f"{config.openai_realtime_url}?model={config.openai_model}"
-        if not await self.connect(url):
+        options = {"heartbeat": OPENAI_HEARTBEAT, "max_msg_size": MAX_OPENAI_MESSAGE}
+        options["headers"] = {"Authorization": f"Bearer {config.openai_api_key}"}
+        try:
+            self.socket = await call.state.http.ws_connect(url, **options)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            answered = isinstance(exc, aiohttp.WSServerHandshakeError)
+            self.refused = answered and exc.status in (401, 403, 404)
+            why = f"HTTP {exc.status}" if answered else described(exc)
+            why += ": check OPENAI_API_KEY" if answered and exc.status == 401 else ""
+            call.log.error("could not open the OpenAI session: %s", why)
             return False
         self.responding = False  # a new session has no response yet
         turns = call.kind != "voicemail"
@@ -1403,22 +1378,6 @@ class Realtime:
         self.ready = True
         self.opened_at = time.monotonic()
         return True
-
-    async def connect(self, url: str) -> bool:
-        """Open the session's WebSocket; False (logged) if it could not be opened."""
-        key = self.call.config.openai_api_key
-        options = {"headers": {"Authorization": f"Bearer {key}"}}
-        options |= {"heartbeat": OPENAI_HEARTBEAT, "max_msg_size": MAX_OPENAI_MESSAGE}
-        try:
-            self.socket = await self.call.state.http.ws_connect(url, **options)
-            return True
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            answered = isinstance(exc, aiohttp.WSServerHandshakeError)
-            self.refused = answered and exc.status in (401, 403, 404)
-            why = f"HTTP {exc.status}" if answered else described(exc)
-            why += ": check OPENAI_API_KEY" if answered and exc.status == 401 else ""
-            self.call.log.error("could not open the OpenAI session: %s", why)
-            return False
 
     async def send(self, event: dict) -> None:
         if self.ready:
@@ -1462,8 +1421,7 @@ class Realtime:
         if self.ready:  # not expired: OpenAI ended the session
             code = self.socket.close_code
             self.call.log.info("OpenAI closed the session (code %s): hanging up", code)
-            return False
-        return True
+        return not self.ready
 
     async def on_event(self, event: dict) -> None:
         call, event_type = self.call, event["type"]
@@ -1490,7 +1448,7 @@ class Realtime:
             add_usage(call.usage, event["response"].get("usage"))
         elif event_type == "error":
             await self.on_error(event["error"])
-        elif event_type not in IGNORED_EVENTS:  # e.g. the beta's response.audio.delta
+        elif not event_type.startswith(IGNORED_EVENTS):
             call.log.warning("unknown OpenAI event %s ignored", printable(event_type))
 
     def on_response_done(self, response: dict) -> None:
@@ -1514,16 +1472,14 @@ class Realtime:
 
 
 async def report_on(call: Call) -> None:
-    """The call's report: its facts, then REPORT_MODEL's view of the turns (or the
-    error), written beside the transcript and handed to after_call()."""
+    """The call's facts and REPORT_MODEL's view, saved and handed to after_call()."""
     report = facts_of(call)
     try:
         if any(role == "user" for role, _ in call.turns):  # no caller: no cost
             report |= await ask_for_report(call.state.http, call.config, call.turns)
-            sentiment, score = report["sentiment"], report["lead_score"]
             summary = printable(report["summary"], 200)
             line = "report: sentiment %g, lead score %d: %s"
-            call.log.info(line, sentiment, score, summary)
+            call.log.info(line, report["sentiment"], report["lead_score"], summary)
     except Exception as exc:  # refused, late, a bad answer: the facts remain
         report["error"] = printable(described(exc), 300)
         call.log.warning("report failed: %s", report["error"])
@@ -1540,8 +1496,7 @@ async def report_on(call: Call) -> None:
 
 
 def facts_of(call: Call) -> dict:
-    """What the bridge saw of the call (from its stream's start): the report's
-    first part."""
+    """The report's first part: what the bridge saw, from the stream's start."""
     started = call.stream.result().started
     median = call.median_latency_ms()
     return {
@@ -1607,8 +1562,7 @@ async def openai_rest(
     request: dict | None,
     seconds: float,
 ) -> tuple[int, bytes]:
-    """POST `request` as JSON to OpenAI's REST API (or GET, with none), for
-    `seconds` at most: the answer's status and body."""
+    """POST `request` as JSON (or GET, with none) to OpenAI: its status and body."""
     url = f"{config.openai_api_url}{path}"
     auth = {"Authorization": f"Bearer {config.openai_api_key}"}
     timeout = aiohttp.ClientTimeout(total=seconds)
