@@ -1224,9 +1224,8 @@ def test_signatures_match_twilios_worked_examples():
     # Names and values are glued together, so fields moved into the CallSid keep
     # a signature valid: the webhook checks the CallSid (see the door below).
     re_split = {"CallSid": CA1 + "From+14158675310", "To": "+18005551212"}
-    assert bridge.twilio_signature(TOKEN, url, re_split) == bridge.twilio_signature(
-        TOKEN, url, FORM
-    )
+    glued = bridge.twilio_signature(TOKEN, url, re_split)
+    assert glued == bridge.twilio_signature(TOKEN, url, FORM)
 
 
 @async_test
@@ -1260,6 +1259,15 @@ async def test_the_webhook_gives_each_call_a_proof_its_stream_must_show(w):
     assert not bridge.proof_ok(TOKEN, sid("CA", 2), proof)
     assert not bridge.proof_ok("other token", CA1, proof)
     assert not bridge.proof_ok(TOKEN, CA1, "9999999999:" + "0" * 64)
+
+
+def test_two_proofs_for_a_call_in_one_second_are_two_each_used_once(monkeypatch):
+    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
+    state = bridge.State(bridge.Config(twilio_auth_token=TOKEN))
+    proofs = [bridge.call_proof(TOKEN, CA1) for _ in range(2)]
+    starts = [{"callSid": CA1, "customParameters": {"proof": p}} for p in proofs * 2]
+    used = ["stream refused: its proof was used already"] * 2
+    assert [bridge.stream_refusal(state, start) for start in starts] == ["", ""] + used
 
 
 BY = {"twilio_auth_token": TOKEN}  # signatures checked
@@ -1296,6 +1304,7 @@ CHECKED = BAD + " (checked https://example.com/incoming)"
 EVIL = {"Origin": "https://evil.example"}
 REBOUND = {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}
 WRONG = "(the webhook is POST /incoming)"
+CTE = b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n"
 DOOR = {
     "signed": knock(200, headers=signed()),
     "signed-with-443": knock(200, headers=signed(base="https://example.com:443")),
@@ -1313,19 +1322,16 @@ DOOR = {
     # Twilio's signature glues names and values together, so the fields after
     # CallSid moved into its value keep it valid: one capture, many "calls".
     **{
-        id: knock(400, FROM_US + why, REST, form=form, headers=signed(form))
-        for id, why, form in [
-            ("re-split", NO_SID, {"CallSid": CA1 + "From+14158675310", "To": "+1800"}),
-            ("re-split-all", NO_SID, {"CallSid": CA1 + "From+14158675310To+1800"}),
-            ("short", NO_SID, {"CallSid": "CA1", "From": "+14158675310"}),
-            ("none", NO_SID, {"From": "+14158675310"}),
-            ("other-account", "another account's call", THEIRS),
+        id: knock(status, FROM_US + why, REST, form=form, headers=signed(form))
+        for id, status, why, form in [
+            ("re-split", 400, NO_SID, {"CallSid": CA1 + "From+1415", "To": "+1800"}),
+            ("re-split-all", 400, NO_SID, {"CallSid": CA1 + "From+1415To+1800"}),
+            ("short", 400, NO_SID, {"CallSid": "CA1", "From": "+14158675310"}),
+            ("none", 400, NO_SID, {"From": "+14158675310"}),
+            ("other-account", 400, "another account's call", THEIRS),
+            ("child-leg", 403, f"{CA1} is a child leg", CHILD),  # of a <Dial>
         ]
     },
-    # A child leg (of a <Dial>) is not a call to answer.
-    "child-leg": knock(
-        403, f"{CA1} is a child leg", REST, form=CHILD, headers=signed(CHILD)
-    ),
     # A dev box: still, another web site open in its browser must not place calls.
     "another-site": knock(403, ANOTHER + "https://evil.example", DEV_BOX, headers=EVIL),
     # DNS rebinding: a site whose name points here sends its own Host
@@ -1345,8 +1351,7 @@ DOOR = {
     "no-boundary": malformed(MULTIPART, b"--xx\r\n"),
     "odd-cte": malformed(
         MULTIPART + "; boundary=xx",
-        b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
-        b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n",
+        b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n" + CTE,
     ),
     "not-deflate": malformed(
         URLENCODED, b"not deflate", **{"Content-Encoding": "deflate"}
@@ -1359,20 +1364,19 @@ DOOR = {
 )
 @async_test
 async def test_the_webhook_answers_twilio_and_refuses_the_rest_in_one_line(
-    config, status, logged, request_, caplog
+    w, config, status, logged, request_, caplog
 ):
-    async with world(**config) as w:
-        headers = request_.get("headers", {})
-        headers = {k: v.format(port=w.client.port) for k, v in headers.items()}
-        data = request_.get("body", request_.get("form", FORM))
-        method, path = request_.get("method", "POST"), request_.get("path", "/incoming")
-        response = await w.client.request(method, path, data=data, headers=headers)
-        assert response.status == status
-        if response.status == 200:  # the call's session opens at once
-            assert "<Stream url=" in await response.text()
-            await w.openai.session()
-            return
-        assert w.openai.sessions == [] and w.state.calls == {}
+    headers = {
+        k: v.format(port=w.client.port) for k, v in request_.get("headers", {}).items()
+    }
+    data = request_.get("body", request_.get("form", FORM))
+    method, path = request_.get("method", "POST"), request_.get("path", "/incoming")
+    response = await w.client.request(method, path, data=data, headers=headers)
+    assert response.status == status
+    if response.status == 200:  # the call's session opens at once
+        assert "<Stream url=" in await response.text()
+        return await w.openai.session()
+    assert w.openai.sessions == [] and w.state.calls == {}
     assert "Traceback" not in caplog.text
     refusals = [r for r in caplog.records if logged in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].exc_info is None
@@ -1380,10 +1384,8 @@ async def test_the_webhook_answers_twilio_and_refuses_the_rest_in_one_line(
 
 @pytest.mark.parametrize(
     "peer, token, allowed",
-    [
-        ("127.0.0.1", "", True),
-        ("::1", "", True),
-        ("::ffff:127.0.0.1", "", True),
+    [("127.0.0.1", "", True), ("::1", "", True), ("::ffff:127.0.0.1", "", True)]
+    + [
         ("203.0.113.5", "", False),
         ("10.1.2.3", "", False),
         ("203.0.113.5", TOKEN, True),
@@ -1430,6 +1432,9 @@ async def test_a_replayed_webhook_gets_403_and_no_proof_even_after_its_call(w, c
     assert caplog.text.count(f"{CA1} was answered already") == 3
 
 
+BUSY = '<Response><Reject reason="busy"/></Response>'
+
+
 @pytest.mark.parametrize(
     "limit, load, late, why",
     [
@@ -1450,21 +1455,36 @@ def test_a_process_too_busy_is_told_by_its_load_or_its_lateness(limit, load, lat
 async def test_while_too_busy_a_call_hears_busy_and_health_says_so(w, caplog):
     w.state.load = 95.0  # what measure_load found
     twiml = await (await w.client.post("/incoming", data={"CallSid": CA1})).text()
-    assert twiml == '<Response><Reject reason="busy"/></Response>'
+    assert twiml == BUSY and not w.openai.sessions
     assert (
         "a call refused: the process is 95 % busy (MAX_LOAD_PERCENT=70)" in caplog.text
     )
     health = await w.client.get("/health")
     assert health.status == 503 and (await health.json())["status"] == "busy"
-    assert not w.openai.sessions
+
+
+@async_test(max_calls=2)
+async def test_past_max_calls_the_webhook_says_busy_and_a_stream_is_closed(w, caplog):
+    await w.webhook(sid("CA", 5))  # still ringing, but it counts
+    await w.openai.session()
+    twilio, session = await w.answered_call()
+    busy = await w.client.post("/incoming", data={"CallSid": sid("CA", 6)})
+    assert await busy.text() == BUSY
+    late = await w.call()  # a stream past the ceiling
+    await late.wait_closed()
+    assert len(w.openai.sessions) == 2
+    health = await w.client.get("/health")  # a load balancer sends no more
+    assert health.status == 503
+    assert await health.json() == health_body("full", 2, 2)
+    assert "a call refused: MAX_CALLS=2 reached" in caplog.text
+    assert f"[{late.call_sid}] stream refused: MAX_CALLS=2 reached" in caplog.text
+    await call_goes_on(twilio, session)
 
 
 # ---------------------------------------------------------------------------
 # /media: the handshake's signature, `start`, its proof, replays
 
 MEDIA = sign("wss://example.com/media")
-
-
 HANDSHAKES = {
     "signed": (BY, MEDIA, None),
     "trailing-slash": (BY, sign("wss://example.com/media/"), None),  # Twilio's docs
@@ -1485,17 +1505,15 @@ HANDSHAKES = {
     "config, headers, refused", HANDSHAKES.values(), ids=HANDSHAKES.keys()
 )
 @async_test
-async def test_a_stream_handshake_must_be_twilios(config, headers, refused, caplog):
-    async with world(**config) as w:
-        headers = {"Host": "example.com", **headers}
-        if refused is None:
-            ws = await w.client.ws_connect("/media", headers=headers)
-            await FakeTwilio(ws, 1, TOKEN).start()
-            await w.openai.session()
-            return
-        with pytest.raises(aiohttp.WSServerHandshakeError) as handshake:
-            await w.client.ws_connect("/media", headers=headers)
-        assert handshake.value.status == 403 and w.openai.sessions == []
+async def test_a_stream_handshake_must_be_twilios(w, config, headers, refused, caplog):
+    headers = {"Host": "example.com", **headers}
+    if refused is None:
+        ws = await w.client.ws_connect("/media", headers=headers)
+        await FakeTwilio(ws, 1, TOKEN).start()
+        return await w.openai.session()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as handshake:
+        await w.client.ws_connect("/media", headers=headers)
+    assert handshake.value.status == 403 and w.openai.sessions == []
     assert f"GET /media from 127.0.0.1: {refused}" in caplog.text
     if refused == "bad signature":
         assert "(checked wss://example.com/media)" in caplog.text
@@ -1524,8 +1542,7 @@ async def test_media_takes_no_compression_and_ignores_a_little_before_start(w, c
 async def test_streams_waiting_for_start_are_capped_and_counted(w, caplog):
     waiting = [await w.client.ws_connect("/media") for _ in range(2)]
     health = await w.client.get("/health")  # a balancer sends calls elsewhere
-    assert health.status == 503
-    assert await health.json() == health_body("full", 2, 2)
+    assert health.status == 503 and await health.json() == health_body("full", 2, 2)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await w.client.ws_connect("/media")
     assert refused.value.status == 503
@@ -1534,21 +1551,22 @@ async def test_streams_waiting_for_start_are_capped_and_counted(w, caplog):
         await ws.close()
 
 
+MZ1 = sid("MZ", 1)
+
+
 @pytest.mark.parametrize(
     "ids",
     [
         {"callSid": CA1},  # no streamSid
         {"callSid": CA1, "streamSid": 5},
         {"callSid": CA1, "streamSid": "MZ1"},
-        {"callSid": "CA1", "streamSid": sid("MZ", 1)},
-        {"callSid": CA1 + "\n", "streamSid": sid("MZ", 1)},
-        {"callSid": sid("CA", 0xABC).upper(), "streamSid": sid("MZ", 1)},
-        {"callSid": "CA" + "²" * 32, "streamSid": sid("MZ", 1)},
-        {"callSid": CA1, "streamSid": sid("MZ", 1), "customParameters": []},
+        {"callSid": "CA1", "streamSid": MZ1},
+        {"callSid": CA1 + "\n", "streamSid": MZ1},
+        {"callSid": sid("CA", 0xABC).upper(), "streamSid": MZ1},
+        {"callSid": "CA" + "²" * 32, "streamSid": MZ1},
+        {"callSid": CA1, "streamSid": MZ1, "customParameters": []},
     ],
-    ids=(
-        "none number short short-call newline upper superscript parameters-not-object"
-    ).split(),
+    ids="none number short short-call newline upper superscript parameters".split(),
 )
 @async_test
 async def test_a_start_without_twilios_ids_gets_a_closed_socket_and_no_session(
@@ -1564,10 +1582,16 @@ async def test_a_start_without_twilios_ids_gets_a_closed_socket_and_no_session(
 REPLAYED = sid("CA", 0xBAD)
 
 
-def replayed_start(proof: object) -> dict:
+async def stream_with_proof(w: World, proof: object, number: int = 0xBAD, **ws):
+    """A signed stream for call `number` whose `start` carries `proof` (if any)."""
+    headers = {"Host": "example.com", **sign("wss://example.com/media")}
+    twilio = FakeTwilio(
+        await w.client.ws_connect("/media", headers=headers, **ws), number
+    )
     parameters = {} if proof is None else {"proof": proof}
-    ids = {"streamSid": sid("MZ", 0xBAD), "callSid": REPLAYED}
-    return ids | {"customParameters": parameters}
+    start = {"streamSid": twilio.stream_sid, "callSid": twilio.call_sid}
+    await twilio.send(event="start", start=start | {"customParameters": parameters})
+    return twilio
 
 
 @pytest.mark.parametrize(
@@ -1576,6 +1600,7 @@ def replayed_start(proof: object) -> dict:
         None,
         bridge.call_proof(TOKEN, sid("CA", 2)),
         bridge.call_proof(TOKEN, REPLAYED, expires=1_000_000),
+        bridge.call_proof("another token", REPLAYED),
         ["not", "text"],
         "²:x",
         "9" * 5000 + ":" + "0" * 64,
@@ -1583,7 +1608,7 @@ def replayed_start(proof: object) -> dict:
         bridge.call_proof(TOKEN, REPLAYED).upper(),
     ],
     ids=(
-        "no-proof another-calls-proof expired-proof junk-proof "
+        "no-proof another-calls-proof expired-proof another-tokens-proof junk-proof "
         "superscript-expiry huge-expiry lone-surrogate upper-case"
     ).split(),
 )
@@ -1591,12 +1616,7 @@ def replayed_start(proof: object) -> dict:
 async def test_a_replayed_handshake_gets_a_closed_socket_and_no_session(
     w, proof, caplog
 ):
-    headers = {"Host": "example.com", **sign("wss://example.com/media")}
-    replays = []
-    for _ in range(3):  # the same captured header, again and again
-        twilio = FakeTwilio(await w.client.ws_connect("/media", headers=headers), 0xBAD)
-        await twilio.send(event="start", start=replayed_start(proof))
-        replays.append(twilio)
+    replays = [await stream_with_proof(w, proof) for _ in range(3)]  # one header
     for twilio in replays:
         await twilio.wait_closed()
     assert w.openai.sessions == []
@@ -1604,74 +1624,18 @@ async def test_a_replayed_handshake_gets_a_closed_socket_and_no_session(
     assert "Traceback" not in caplog.text
 
 
-class Streaming:
-    streaming = True  # a call whose stream has started
-
-
-CA = "CA" + "1" * 32
-
-
-@pytest.mark.parametrize(
-    "token, calls, parameters, why",
-    [
-        ("", {}, {}, ""),
-        ("t", {}, {}, "stream refused: no valid proof"),
-        ("t", {}, {"proof": ("t", "CA" + "2" * 32)}, "stream refused: no valid proof"),
-        ("t", {}, {"proof": ("other", CA)}, "stream refused: no valid proof"),
-        ("t", {}, {"proof": ("t", CA)}, ""),
-        ("", {CA: Streaming()}, {}, "a second stream for the call refused"),
-        ("", {CA: Streaming()}, {"Voicemail": "machine_end_beep"}, ""),
-        ("", {"CA" + "2" * 32: Streaming()}, {}, "stream refused: MAX_CALLS=1 reached"),
-    ],
-)
-def test_why_a_stream_is_refused(token, calls, parameters, why):
-    config = bridge.Config(twilio_auth_token=token, max_calls=1)
-    state = bridge.State(config, calls=calls)
-    if "proof" in parameters:  # made now: a proof expires
-        parameters = {"proof": bridge.call_proof(*parameters["proof"])}
-    start = {"callSid": CA, "customParameters": parameters}
-    assert bridge.stream_refusal(state, start) == why
-    if why == "" and token:  # a proof opens one stream
-        assert bridge.stream_refusal(state, start) == (
-            "stream refused: its proof was used already"
-        )
-
-
-def test_two_proofs_for_a_call_in_one_second_are_two_each_used_once(monkeypatch):
-    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
-    state = bridge.State(bridge.Config(twilio_auth_token=TOKEN))
-    proofs = [bridge.call_proof(TOKEN, CA1) for _ in range(2)]
-    starts = [{"callSid": CA1, "customParameters": {"proof": p}} for p in proofs * 2]
-    used = "stream refused: its proof was used already"
-    assert [bridge.stream_refusal(state, start) for start in starts] == [
-        "",
-        "",
-        used,
-        used,
-    ]
-
-
-async def second_stream(w: World, proof: str) -> None:
-    """Another stream for call 1, its `start` carrying `proof`: refused."""
-    headers = {"Host": "example.com", **sign("wss://example.com/media")}
-    twilio = FakeTwilio(await w.client.ws_connect("/media", headers=headers), 1)
-    start = {"streamSid": twilio.stream_sid, "callSid": CA1}
-    start["customParameters"] = {"proof": proof}
-    await twilio.send(event="start", start=start)
-    await twilio.wait_closed()
-
-
 @async_test(twilio_auth_token=TOKEN)
 async def test_a_proof_opens_one_stream_and_a_live_call_takes_no_second(
     twilio, session, w, caplog
 ):
-    await second_stream(w, twilio.proof)  # its proof again, while the call is live
-    await second_stream(w, bridge.call_proof(TOKEN, CA1, int(time.time()) + 100))
+    await (await stream_with_proof(w, twilio.proof, 1)).wait_closed()  # while live
+    fresh = bridge.call_proof(TOKEN, CA1, int(time.time()) + 100)
+    await (await stream_with_proof(w, fresh, 1)).wait_closed()
     assert f"[{CA1}] a second stream for the call refused" in caplog.text
     await call_goes_on(twilio, session)
     await twilio.hang_up()
     await wound_down(w.app)
-    await second_stream(w, twilio.proof)  # and once it has ended
+    await (await stream_with_proof(w, twilio.proof, 1)).wait_closed()  # and after
     assert len(w.openai.sessions) == 1
     refused = f"[{CA1}] stream refused: its proof was used already"
     assert caplog.text.count(refused) == 2
@@ -1679,12 +1643,8 @@ async def test_a_proof_opens_one_stream_and_a_live_call_takes_no_second(
 
 @async_test(twilio_auth_token=TOKEN, shorten={"CLOSE_TIMEOUT": 0.1})
 async def test_refused_streams_that_never_answer_our_close_log_a_few_lines(w, caplog):
-    headers = {"Host": "example.com", **sign("wss://example.com/media")}
-    sockets = []
-    for _ in range(20):  # a bad proof, and our close is never answered
-        ws = await w.client.ws_connect("/media", headers=headers, autoclose=False)
-        await FakeTwilio(ws, 0xBAD).send(event="start", start=replayed_start("x"))
-        sockets.append(ws)
+    # A bad proof, and our close is never answered.
+    sockets = [(await stream_with_proof(w, "x", autoclose=False)).ws for _ in range(20)]
     for ws in sockets:
         assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE  # unanswered
         closed = (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
@@ -3124,24 +3084,6 @@ async def test_health_says_ok_with_the_call_count_and_503_while_draining(w):
     response = await w.post_signed({"CallSid": sid("CA", 9)})
     assert response.status == 503  # Twilio then tries the number's fallback URL
     assert len(w.openai.sessions) == 1
-    await call_goes_on(twilio, session)
-
-
-@async_test(max_calls=2)
-async def test_past_max_calls_the_webhook_says_busy_and_a_stream_is_closed(w, caplog):
-    await w.webhook(sid("CA", 5))  # still ringing, but it counts
-    await w.openai.session()
-    twilio, session = await w.answered_call()
-    busy = await w.client.post("/incoming", data={"CallSid": sid("CA", 6)})
-    assert await busy.text() == '<Response><Reject reason="busy"/></Response>'
-    late = await w.call()  # a stream past the ceiling
-    await late.wait_closed()
-    assert len(w.openai.sessions) == 2
-    health = await w.client.get("/health")  # a load balancer sends no more
-    assert health.status == 503
-    assert await health.json() == health_body("full", 2, 2)
-    assert "a call refused: MAX_CALLS=2 reached" in caplog.text
-    assert f"[{late.call_sid}] stream refused: MAX_CALLS=2 reached" in caplog.text
     await call_goes_on(twilio, session)
 
 
