@@ -182,10 +182,7 @@ class Session:
 
     def drained(self) -> list[dict]:
         """The events received that the test has not read yet."""
-        events = []
-        while not self.events.empty():
-            events.append(self.events.get_nowait())
-        return events
+        return [self.events.get_nowait() for _ in range(self.events.qsize())]
 
     async def wait_closed(self) -> None:
         await asyncio.wait_for(self.closed.wait(), TIMEOUT)
@@ -1736,12 +1733,8 @@ async def test_agent_audio_goes_down_with_the_stream_sid_and_marks(twilio, sessi
     await expect(twilio, *[f"media a{i}" for i in range(2, 11)], "mark 1")
     await expect(twilio, "media a11", "media a12")
     await reply_done(session)
-    # ...and after the reply's last audio.
-    assert await twilio.receive() == {
-        "event": "mark",
-        "streamSid": twilio.stream_sid,
-        "mark": {"name": "2"},
-    }
+    mark = {"event": "mark", "streamSid": twilio.stream_sid, "mark": {"name": "2"}}
+    assert await twilio.receive() == mark  # ...and after the reply's last audio
 
 
 @async_test
@@ -1802,9 +1795,8 @@ async def play_out(twilio: FakeTwilio, session: Session, script: str):
             item, verb, lengths = word, values[0], values[1:]
             for ms in lengths:
                 tags[item] += 1
-                await say(
-                    session, f"item_{item}", f"{item.lower()}{tags[item]}", ms=int(ms)
-                )
+                tag = f"{item.lower()}{tags[item]}"
+                await say(session, f"item_{item}", tag, ms=int(ms))
             if verb == "says":
                 await twilio_gets(f"media {item.lower()}{tags[item]}")
     await say(session, "item_end", "end")
@@ -1874,9 +1866,7 @@ async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
 # The keypad
 
 
-@pytest.mark.parametrize(
-    "responding", [False, True], ids=["after-a-reply", "mid-reply"]
-)
+@pytest.mark.parametrize("responding", [False, True], ids=["after-reply", "mid-reply"])
 @async_test(shorten={"KEYS_PAUSE": 0.05})
 async def test_a_keypress_interrupts_cancels_a_reply_and_reaches_the_model_as_text(
     twilio, session, responding
@@ -1891,10 +1881,8 @@ async def test_a_keypress_interrupts_cancels_a_reply_and_reaches_the_model_as_te
     if responding:
         assert await session.next() == {"type": "response.cancel"}
     text = {"type": "input_text", "text": "The caller pressed 5 on the keypad."}
-    assert await session.next() == {
-        "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [text]},
-    }
+    item = {"type": "message", "role": "user", "content": [text]}
+    assert await session.next() == {"type": "conversation.item.create", "item": item}
     assert await session.next() == {"type": "response.create"}
 
 
@@ -2783,39 +2771,33 @@ async def voicemail_stream(w: World, answered_by: str = "machine_end_beep"):
     return twilio
 
 
+VOICEMAIL = {"voicemail_message": "Hi, Acme here.\nCall 555-0100."}
+
+
 @pytest.mark.parametrize(
-    "message, told",
+    "config, told",
     [
-        ("", "Leave a short message: who is calling, why, and how to call back"),
-        ("Hi, Acme here.\nCall 555-0100.", 'word for word: "Hi, Acme here.\nCall 555'),
+        ({}, "Leave a short message: who is calling, why, and how to call back"),
+        (VOICEMAIL, 'word for word: "Hi, Acme here.\nCall 555'),
     ],
     ids=["own-words", "voicemail-message"],
 )
-@async_test
-async def test_a_voicemail_session_leaves_its_message_then_hangs_up(message, told):
-    async with world(**REST, voicemail_message=message) as w:
-        twilio = await voicemail_stream(w)
-        session = await w.openai.session()
-        update = await session.next()
-        assert update["session"]["instructions"].startswith(
-            bridge.DEFAULT_INSTRUCTIONS + "\nYou reached voicemail. "
-        )
-        assert told in update["session"]["instructions"]
-        assert "then call end_call" in update["session"]["instructions"]
-        vad = update["session"]["audio"]["input"]["turn_detection"]
-        assert vad is None  # a machine's noise cuts nothing short
-        assert await session.next() == {"type": "response.create"}  # at once, once
-        await say(session, "item_vm", "vm1", "vm2", ms=1000)
-        await call_tool(session, "end_call", "{}")
-        await reply_done(session)
-        await expect(twilio, "media vm1", "mark 1", "media vm2", "mark 2")
-        await twilio.mark("1")
-        await twilio.speak("beep noise")
-        assert await session.audio_tags(1) == ["beep noise"]  # still leaving it
-        await twilio.mark("2")  # the message has been heard to its end
-        await twilio.wait_closed()
-        await session.wait_closed()
-        assert all(e["type"] != "response.create" for e in session.drained())
+@async_test(**REST, shorten={"CALLEE_FIRST": 0.05})
+async def test_a_voicemail_session_is_told_to_leave_its_message_and_greets_at_once(
+    w, config, told
+):
+    twilio = await voicemail_stream(w)
+    session = await w.openai.session()
+    update = (await session.next())["session"]
+    said = bridge.DEFAULT_INSTRUCTIONS + "\nYou reached voicemail. "
+    assert update["instructions"].startswith(said) and told in update["instructions"]
+    assert "then call end_call" in update["instructions"]
+    assert update["audio"]["input"]["turn_detection"] is None  # a machine's noise
+    assert await session.next() == {"type": "response.create"}  # at once, once
+    await call_goes_on(twilio, session)
+    greeting = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
+    await until(lambda: all(t.done() for t in greeting), "past CALLEE_FIRST")
+    assert all(e["type"] != "response.create" for e in session.drained())
 
 
 @async_test(**REST, shorten={"CLOSE_TIMEOUT": 0.1})  # the old stream reads nothing
@@ -2860,27 +2842,21 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     assert auth == "Bearer sk-test" and len(w.responses.requests) == 1
     assert set(request) == {"model", "input", "text"}
     assert request["model"] == "gpt-5.4-mini"
-    system, user = request["input"]
-    assert system == {"role": "system", "content": bridge.REPORT_PROMPT}
-    assert user == {
-        "role": "user",
-        "content": "agent: Hello, Acme here.\n"
-        "caller: A table for two, please. I'm Ada.\n"
-        "agent: Booked, Ada!",
-    }
+    said = "agent: Hello, Acme here.\ncaller: A table for two, please. I'm Ada."
+    assert request["input"] == [
+        {"role": "system", "content": bridge.REPORT_PROMPT},
+        {"role": "user", "content": said + "\nagent: Booked, Ada!"},
+    ]
     output = request["text"]["format"]
-    assert output["type"] == "json_schema" and output["strict"] is True
+    assert (output["type"], output["strict"]) == ("json_schema", True)
     assert output["name"] == "call_report"
     schema = output["schema"]
-    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert (schema["type"], schema["additionalProperties"]) == ("object", False)
     assert schema["required"] == ["summary", "sentiment", "lead_score", "follow_up"]
     types = {name: field["type"] for name, field in schema["properties"].items()}
-    assert types == {
-        "summary": "string",
-        "sentiment": "number",
-        "lead_score": "integer",
-        "follow_up": "string",
-    }
+    assert types == dict(
+        summary="string", sentiment="number", lead_score="integer", follow_up="string"
+    )
     report = report_file(tmp_path, twilio)
     assert list(report) == [
         *("call_sid", "from", "to", "direction", "started", "duration_s"),
@@ -2899,10 +2875,8 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     assert report["report_model"] == "gpt-5.4-mini"
     assert {name: report[name] for name in GOOD_REPORT} == GOOD_REPORT
     assert handed_on == [report]
-    assert (
-        f"[{twilio.call_sid}] report: sentiment 0.6, lead score 80: "
-        "Ada booked a table for two." in caplog.text
-    )
+    logged = "report: sentiment 0.6, lead score 80: Ada booked a table for two."
+    assert f"[{twilio.call_sid}] {logged}" in caplog.text
 
 
 def good_but(**fields) -> str:
