@@ -2496,27 +2496,36 @@ async def test_an_unreachable_openai_ends_the_call_cleanly(w, caplog):
     assert "Traceback" not in caplog.text
 
 
+NOT_LIVE = "not live: a replay? hanging up"
+UNREACHABLE = {"twilio_api_url": f"http://127.0.0.1:{free_port()}"}
+
+
 @pytest.mark.parametrize(
-    "status, said",
+    "config, status, said",
     [
-        ("in-progress", None),
-        ("ringing", None),
-        ("completed", "completed"),
-        ("busy", "busy"),
-        (404, "unknown to Twilio"),  # a proxy's error page, not Twilio's JSON
+        ({}, "in-progress", ""),
+        ({}, "ringing", ""),
+        ({}, "completed", f"the call is completed, {NOT_LIVE}"),
+        ({}, "busy", f"the call is busy, {NOT_LIVE}"),
+        ({}, 404, f"the call is unknown to Twilio, {NOT_LIVE}"),  # a proxy's page
+        (UNREACHABLE, "", "not checked with Twilio"),  # Twilio is down: it goes on
     ],
+    ids="in-progress ringing completed busy unknown twilio-unreachable".split(),
 )
 @async_test(**REST)
-async def test_a_call_twilio_says_is_not_live_is_hung_up(w, status, said, caplog):
+async def test_a_call_twilio_says_is_not_live_is_hung_up(
+    w, config, status, said, caplog
+):
     w.api.status = status
     twilio, session = await w.answered_call()
-    if said is None:
-        await call_goes_on(twilio, session)
-    else:
+    await logged(caplog, said)
+    if NOT_LIVE in said:
         await twilio.wait_closed()
         await session.wait_closed()
-        assert f"the call is {said}, not live: a replay? hanging up" in caplog.text
-    assert w.api.checked == [f"/2010-04-01/Accounts/{SID}/Calls/{CA1}.json"]
+    else:
+        await call_goes_on(twilio, session)
+    path = f"/2010-04-01/Accounts/{SID}/Calls/{CA1}.json"
+    assert w.api.checked == ([] if config else [path])
 
 
 @async_test(**REST)
@@ -2526,14 +2535,6 @@ async def test_a_replayed_webhook_to_a_new_process_buys_no_session(w, caplog):
     assert (await w.post_signed(form)).status == 200  # a new process: no memory
     await (await w.openai.session()).wait_closed()  # the greeting was the most
     assert "not live: a replay?" in caplog.text
-
-
-@async_test(**REST, twilio_api_url=f"http://127.0.0.1:{free_port()}")
-async def test_twilio_unreachable_leaves_the_call_up_with_a_warning(
-    twilio, session, caplog
-):
-    await call_goes_on(twilio, session)
-    assert "not checked with Twilio" in caplog.text
 
 
 # ---------------------------------------------------------------------------
@@ -3305,16 +3306,6 @@ async def test_a_bad_setting_stops_gunicorn_instead_of_restarting_workers():
 # Start-up, ports and open files
 
 
-def test_start_up_warns_when_signatures_are_not_checked(caplog):
-    caplog.set_level(logging.WARNING)
-    bridge.make_app(bridge.Config(openai_api_key="k"))
-    assert "TWILIO_AUTH_TOKEN is not set: requests are NOT verified" in caplog.text
-    assert "requests are NOT verified (dev)" in caplog.text
-    caplog.clear()
-    bridge.make_app(bridge.Config(openai_api_key="k", twilio_auth_token="t"))
-    assert "TWILIO_AUTH_TOKEN" not in caplog.text
-
-
 DAY = datetime.timedelta(days=1)
 
 
@@ -3323,42 +3314,46 @@ def shutting(days: int) -> tuple[int, dict]:
     return 200, {"id": "m", "object": "model", "shutdown_date": when}
 
 
+SHUTS = "OPENAI_MODEL=gpt-realtime "
+NOT_FOUND = (404, {"error": {"code": "model_not_found"}})
+NO_KEY_401 = (401, {"error": {"code": "invalid_api_key"}})
+
+
 @pytest.mark.parametrize(
-    "answers, level, said",
+    "config, level, said",
     [
         (
-            {"gpt-realtime": shutting(200)},
+            {"models": {"gpt-realtime": shutting(200)}},
             "WARNING",
-            "OPENAI_MODEL=gpt-realtime shuts down on",
+            SHUTS + "shuts down on",
         ),
-        ({"gpt-realtime": shutting(20)}, "ERROR", "in 20 days: choose a current model"),
+        ({"models": {"gpt-realtime": shutting(20)}}, "ERROR", "in 20 days: choose"),
         (
-            {"gpt-realtime": shutting(-1)},
+            {"models": {"gpt-realtime": shutting(-1)}},
             "ERROR",
-            "OPENAI_MODEL=gpt-realtime was shut down on",
+            SHUTS + "was shut down on",
         ),
         (
-            {"whisper-1": (404, {"error": {"code": "model_not_found"}})},
+            {"models": {"whisper-1": NOT_FOUND}},
             "WARNING",
             "TRANSCRIBE_MODEL=whisper-1: OpenAI has no such model (a typo?)",
         ),
         (
-            {"gpt-realtime": (401, {"error": {"code": "invalid_api_key"}})},
+            {"models": {"gpt-realtime": NO_KEY_401}},
             "ERROR",
             "OpenAI refused OPENAI_API_KEY (HTTP 401): check it",
         ),
-        ({"gpt-realtime": (500, {})}, "WARNING", "OPENAI_MODEL=gpt-realtime: HTTP 500"),
+        ({"models": {"gpt-realtime": (500, {})}}, "WARNING", SHUTS[:-1] + ": HTTP 500"),
     ],
     ids=["far", "near", "past", "unknown", "bad-key", "failing"],
 )
-@async_test(openai_model="gpt-realtime", transcribe_model="whisper-1")
+@async_test(
+    twilio_auth_token=TOKEN, openai_model="gpt-realtime", transcribe_model="whisper-1"
+)
 async def test_the_models_api_is_asked_about_each_model_at_start_up(
-    w, answers, level, said, caplog
+    w, config, level, said, caplog
 ):
     await until(lambda: not checking(), "the start-up check")
-    caplog.clear()
-    w.models.answers, w.models.asked = answers, []
-    await bridge.check_models(w.state)  # as at start-up
     lines = [r for r in caplog.records if r.name == "bridge"]
     assert [(r.levelname, said in r.getMessage()) for r in lines] == [(level, True)]
     if "401" in said:  # the key is wrong for every model: asked once
@@ -3398,33 +3393,28 @@ LOOPBACK, ANY = "0100007F", "00000000"  # 127.0.0.1 and 0.0.0.0, as /proc writes
 
 
 @pytest.mark.parametrize(
-    "env, addresses, said, phone",
+    "env, addresses, said",
     [
-        ({}, {LOOPBACK}, "listening on 127.0.0.1 port", True),
-        ({"HOST": "0.0.0.0"}, {ANY}, "listening on 0.0.0.0 port", True),
-        (
-            {"TWILIO_AUTH_TOKEN": TOKEN},
-            {ANY, "0" * 32},
-            "on all interfaces port",
-            False,
-        ),
+        ({}, {LOOPBACK}, "listening on 127.0.0.1 port"),
+        ({"HOST": "0.0.0.0"}, {ANY}, "listening on 0.0.0.0 port"),
+        ({"TWILIO_AUTH_TOKEN": TOKEN}, {ANY, "0" * 32}, "on all interfaces port"),
     ],
     ids=["unsigned-loopback", "host-set", "signed-everywhere"],
 )
 @async_test
-async def test_without_signatures_the_bridge_listens_on_loopback_only(
-    env, addresses, said, phone
+async def test_without_signatures_the_bridge_listens_on_loopback_only_and_warns(
+    env, addresses, said
 ):
     async with running_bridge(**{"TWILIO_AUTH_TOKEN": "", **env}) as proc:
         assert listening_on(proc.port) == addresses
         await proc.logged(said)
         await proc.logged("set your Twilio number's voice webhook")
-        # Unsigned, it says where to talk to the agent.
-        url = f"http://localhost:{proc.port}/phone"
-        hint = [line for line in proc.lines if "/phone" in line]
-        assert [
-            line.endswith(f"open {url} to talk to the agent\n") for line in hint
-        ] == ([True] if phone else [])
+        # Unsigned, it warns, and says where to talk to the agent.
+        warned = "TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)\n"
+        phone = f"open http://localhost:{proc.port}/phone to talk to the agent\n"
+        messages = [line.split(" ", 4)[4] for line in proc.lines]  # after the pid
+        told = {line for line in messages if "TWILIO_AUTH" in line or "/phone" in line}
+        assert told == (set() if env.get("TWILIO_AUTH_TOKEN") else {warned, phone})
         proc.signal(signal.SIGTERM)
         assert await proc.exit_code() == 0
 
