@@ -3432,74 +3432,46 @@ async def test_a_port_in_use_is_one_line_and_a_non_zero_exit():
     assert last.endswith("address already in use")
 
 
+LOW_LIMIT = (
+    "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60)); "
+    "import asyncio.constants as c; c.ACCEPT_RETRY_DELAY = 0.1; "  # 1 s, shortened
+    "import bridge; bridge.REFUSALS_EVERY = 0.5; bridge.main()"  # a minute, shortened
+)
+
+
 @async_test
 async def test_the_open_files_limit_is_raised_and_running_out_is_a_few_lines():
-    port = free_port()
-    low_limit = (
-        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60)); "
-        f"sys.path.insert(0, {os.path.dirname(BRIDGE)!r}); import bridge; "
-        "import asyncio.constants as c; c.ACCEPT_RETRY_DELAY = 0.1; "  # 1 s, shortened
-        "bridge.REFUSALS_EVERY = 0.5; bridge.main()"  # a minute, shortened
-    )
-    env = dict(os.environ, OPENAI_API_KEY="sk-test", PORT=str(port))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", low_limit, env=env, stderr=subprocess.PIPE
-    )
-    sockets, log_lines = [], []
-
-    async def read_until(text: str) -> None:
-        while text not in "".join(log_lines):
-            line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)
-            assert line, "the bridge exited"
-            log_lines.append(line.decode())
-
-    try:
-        await read_until("open files limit")
-        while len(sockets) < 80:  # more connections than 60 files allow
-            try:
-                sockets.append(socket.create_connection(("127.0.0.1", port)))
-            except ConnectionRefusedError:  # not listening yet
-                await asyncio.sleep(0.1)
-        await read_until("no file descriptor left")
+    async with running_bridge("-c", LOW_LIMIT) as proc:
+        await proc.logged("open files limit 60: room for about 20 calls")
+        address = ("127.0.0.1", proc.port)
+        sockets = [socket.create_connection(address) for _ in range(80)]  # > 60 files
+        await proc.logged("no file descriptor left")
         # asyncio tries accept() again (each 0.1 s here), and fails each time: counted.
-        await read_until("refusals in the last minute")
-        while sockets:
-            sockets.pop().close()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        await read_until("file descriptors are free again: taking calls")
-        writer.close()
-        proc.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(proc.stderr.read(), TIMEOUT)
-        output = "".join(log_lines) + rest.decode()
-        assert "open files limit 60: room for about 20 calls" in output
-        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
-        assert "Traceback" not in output
-    finally:
+        await proc.logged("refusals in the last minute")
         for s in sockets:
             s.close()
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        assert (await proc.health())[0] == 200
+        await proc.logged("file descriptors are free again: taking calls")
+        proc.signal(signal.SIGTERM)
+        await proc.logged("all calls ended")
+        output = "".join(proc.lines)
+        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
+        assert "Traceback" not in output
 
 
 HANGING_TOOL = """
-import sys, threading
-sys.path.insert(0, sys.argv[1])
-import bridge
+import threading, bridge
+@bridge.tool("Never returns.", dict(type="object"))  # (no braces: {port})
 def hang():
-    threading.Event().wait()  # never returns
-bridge.tool("Never returns.", dict(type="object"))(hang)
+    threading.Event().wait()
 bridge.CLOSE_TIMEOUT = 0.2  # 2 s: the test's sockets never answer the last close
-sys.argv[1:] = []
 bridge.main()
 """
 
 
 @async_test
 async def test_plain_tools_that_never_return_cannot_starve_the_process():
-    directory = os.path.dirname(BRIDGE)
-    async with running_bridge("-c", HANGING_TOOL, directory) as proc:
+    async with running_bridge("-c", HANGING_TOOL) as proc:
         for i in range(10):  # more than the default executor's threads
             twilio, session = await proc.answered_call(i)
             await call_tool(session, "hang", "{}")
