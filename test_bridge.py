@@ -2101,20 +2101,6 @@ async def test_turns_latency_and_a_summary_are_logged_and_transcribed(
     assert all(datetime.datetime.fromisoformat(t["time"]).tzinfo for t in turns)
 
 
-@async_test(shorten={"KEYS_PAUSE": 0.05})
-async def test_a_summary_counts_the_callers_turns_even_when_no_reply_came(
-    twilio, session, w, caplog
-):
-    for _ in range(2):  # the caller speaks twice; the model says nothing
-        await speech_stopped(session)
-    await twilio.press("1")
-    await session.next_of("response.create")  # the keypress was seen
-    await twilio.hang_up()
-    await wound_down(w.app)
-    summary = rf"\[{CA1}\] call ended after \d+ s: 3 turns, 0 barge-ins"  # no median
-    assert re.fullmatch(summary, summary_of(caplog))
-
-
 USAGE = {
     "total_tokens": 150,
     "input_tokens": 100,
@@ -2122,32 +2108,36 @@ USAGE = {
     "input_token_details": {"text_tokens": 30, "audio_tokens": 70, "cached_tokens": 20},
     "output_token_details": {"text_tokens": 10, "audio_tokens": 40},
 }
+SUMMED = {  # two replies' USAGE, and a third's that makes no sense
+    "model": "gpt-realtime-2.1",
+    "input_tokens": 200,
+    "output_tokens": 100,
+    "input_token_details": {
+        "text_tokens": 60,
+        "audio_tokens": 140,
+        "cached_tokens": 40,
+    },
+    "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
+}
 
 
-@async_test(transcript_dir=TMP, report_model="gpt-5.4-mini")
-async def test_each_replys_usage_is_summed_into_the_summary_and_the_report(
-    w, tmp_path, caplog, handed_on
+@async_test(transcript_dir=TMP, **REPORTING, shorten={"KEYS_PAUSE": 0.05})
+async def test_the_summary_counts_turns_with_no_reply_and_sums_each_replys_usage(
+    twilio, session, w, tmp_path, caplog, handed_on
 ):
-    twilio, session = await w.answered_call()
+    for _ in range(2):  # the caller speaks twice; the model says nothing
+        await speech_stopped(session)
+    await twilio.press("1")
+    await session.next_of("response.create")  # the keypress was seen
     for usage in (USAGE, USAGE, {"input_tokens": "many", "output_tokens": -5}):
         done = {"id": "resp_1", "status": "completed", "usage": usage}
         await session.send(type="response.done", response=done)
     await twilio.hang_up()
     await w.reported()
-    assert "0 barge-ins, 200 tokens in, 100 out" in caplog.text
-    [report] = handed_on
-    assert report["usage"] == {
-        "model": "gpt-realtime-2.1",
-        "input_tokens": 200,
-        "output_tokens": 100,
-        "input_token_details": {
-            "text_tokens": 60,
-            "audio_tokens": 140,
-            "cached_tokens": 40,
-        },
-        "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
-    }
-    assert report_file(tmp_path, twilio)["usage"] == report["usage"]
+    summary = rf"\[{CA1}\] call ended after \d+ s: 3 turns, 0 barge-ins"  # no median
+    assert re.fullmatch(summary + ", 200 tokens in, 100 out", summary_of(caplog))
+    assert handed_on[0]["usage"] == SUMMED  # and in the report
+    assert report_file(tmp_path, twilio)["usage"] == SUMMED
 
 
 @async_test
