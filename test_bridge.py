@@ -1451,7 +1451,7 @@ def test_a_process_too_busy_is_told_by_its_load_or_its_lateness(limit, load, lat
     assert bridge.overloaded(state) == why
 
 
-@async_test(max_load_percent=70)
+@async_test(max_load_percent=70, shorten={"LOAD_EVERY": 600})  # no look meanwhile
 async def test_while_too_busy_a_call_hears_busy_and_health_says_so(w, caplog):
     w.state.load = 95.0  # what measure_load found
     twiml = await (await w.client.post("/incoming", data={"CallSid": CA1})).text()
