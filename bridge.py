@@ -73,6 +73,7 @@ log = logging.getLogger("bridge")
 # Configuration
 
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
+OPENAI_LIVE_URL = "wss://api.openai.com/v1/live/sessions"  # GPT-Live's
 OPENAI_API = "https://api.openai.com"  # its REST API: the call report
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
@@ -99,7 +100,10 @@ def setting(default: Any, allowed: str | range = ".+", says: str = "") -> Any:
 class Config:
     openai_api_key: str = setting("", SECRET, "no spaces or line breaks")
     openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "wss:// or ws:// URL")
+    # Any gpt-live-* model speaks GPT-Live (see Live); every other one Realtime.
     openai_model: str = setting("gpt-realtime-2.1")
+    openai_live_url: str = setting(OPENAI_LIVE_URL, r"wss?://\S+", "wss:// or ws:// URL")
+    live_backend_model: str = setting("gpt-5.4-mini")  # GPT-Live's, for the tools
     port: int = setting(8080, range(1, 65536))
     # Unset: all interfaces with TWILIO_AUTH_TOKEN set, else only this machine.
     host: str = setting("", r"[\w.:-]+", "an address to listen on, e.g. 0.0.0.0")
@@ -178,6 +182,25 @@ class Config:
     def keywords(self) -> list[str]:  # TRANSCRIBE_KEYWORDS, each trimmed
         words = self.transcribe_keywords.split(",")
         return [word.strip() for word in words if word.strip()]
+
+    @property
+    def live(self) -> bool:  # the model speaks GPT-Live, not Realtime
+        return self.openai_model.startswith("gpt-live-")
+
+
+# Realtime's own settings: a GPT-Live session has no use for them.
+REALTIME_ONLY = (
+    "TURN_DETECTION NOISE_REDUCTION IDLE_TIMEOUT_SECONDS "
+    "TRANSCRIBE_MODEL LANGUAGE TRANSCRIBE_KEYWORDS"
+).split()
+
+
+def unused_settings(config: Config, env: Mapping[str, str]) -> str:
+    """A warning that names the Realtime settings set while GPT-Live is chosen."""
+    unused = [name for name in REALTIME_ONLY if env.get(name, "").strip()]
+    if not (config.live and unused):
+        return ""
+    return f"{', '.join(unused)}: not used by {config.openai_model}: ignored"
 
 
 def not_allowed(name: str, value: str, rule: Mapping) -> str:
@@ -354,16 +377,19 @@ def instructions_for(config: Config, call: dict[str, str]) -> str:
     # Caller ID can be spoofed: use it to be helpful, never as proof of identity.
     kind = kind_of(call)
     if kind == "voicemail":  # a machine answered a call we placed; its beep is over
-        said = config.voicemail_message
-        message = f'this message, word for word: "{said}"' if said else VOICEMAIL
-        task = f"You reached voicemail. Leave {message}, then call end_call."
-        return f"{config.instructions}\n{task}"
+        return f"{config.instructions}\n{voicemail_task(config)}"
     if kind == "outbound" and "To" in call:
         return f"{config.instructions}\nYou placed this call to {call['To']}."
     if "From" in call and "To" in call:
         about = f"The caller's number is {call['From']}; they called {call['To']}."
         return f"{config.instructions}\n{about}"
     return config.instructions
+
+
+def voicemail_task(config: Config) -> str:
+    said = config.voicemail_message
+    message = f'this message, word for word: "{said}"' if said else VOICEMAIL
+    return f"You reached voicemail. Leave {message}, then call end_call."
 
 
 def after_call(report: dict) -> None:
@@ -786,6 +812,10 @@ class Playback:
         self.open = False
         return cuts
 
+    def playing(self, chunk: int) -> bool:
+        """Chunk number `chunk`, or one before it, has not been heard to its end."""
+        return bool(self.queued) and int(self.queued[0].mark) <= chunk
+
     def queued_ms(self) -> float:
         return sum(chunk.end_ms - chunk.start_ms for chunk in self.queued)
 
@@ -828,7 +858,7 @@ class Call:
         self.instructions = instructions_for(self.config, context)
         self.log = CallLog(call_sid)
         self.stream: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
-        self.model = Realtime(self)
+        self.model = Live(self) if self.config.live else Realtime(self)
         self.task: asyncio.Task | None = None  # run(), the call's whole life
         self.tasks: set[asyncio.Task] = set()  # the pumps, tool runs, the hang-up
         self.callee_spoke = False  # the caller, or the person we called, spoke
@@ -846,7 +876,6 @@ class Call:
         self.caller_turns = 0  # each end of the caller's speech, each key pressed
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
-        self.usage = copy.deepcopy(NO_USAGE)  # the replies' usage, summed
         self.transferred = False  # a call is transferred once at most
         self.happened: dict[str, str] = {}  # transferred, recorded: for its report
 
@@ -923,14 +952,16 @@ class Call:
             await asyncio.sleep(CALLEE_FIRST)
             if self.callee_spoke:  # the model answers the callee on its own
                 return
-        await self.model.respond()
+        await self.model.greet()
 
     async def close(self) -> None:
         """End the call on both sides. Safe to call more than once."""
         for task in list(self.tasks):
             task.cancel()
-        sockets = [self.model.socket, self.twilio]
-        await asyncio.gather(*(close_socket(s, self.log) for s in sockets if s))
+        closing = [self.model.close()]
+        if self.twilio:
+            closing.append(close_socket(self.twilio, self.log))
+        await asyncio.gather(*closing)
 
     def start(self, coroutine: Any) -> asyncio.Task:
         """Run a coroutine beside the pumps; close() cancels it with the call."""
@@ -1079,6 +1110,8 @@ class Call:
     async def interrupt(self) -> None:
         """The caller spoke (or pressed a key): stop the agent's audio at once, and
         tell the model how much of its reply the caller actually heard."""
+        if not self.model.truncates:  # GPT-Live hears the caller and stops itself
+            return
         cuts = self.playback.cut()
         if not cuts:
             return  # the reply had played to its end: nothing to cut
@@ -1144,11 +1177,13 @@ class Call:
         await self.model.tool_output(call_id, output)
 
     async def finish_speaking(self) -> None:
-        """Wait until the caller has heard the agent's last words (bounded)."""
+        """Wait until the caller has heard what the agent has said (bounded)."""
+        await self.send_mark()  # GPT-Live's audio need not pause: its words end here
+        said = self.playback.chunks
         seconds = self.playback.queued_ms() / 1000 + GOODBYE_GRACE
         try:
             async with asyncio.timeout(seconds):
-                while self.playback.queued:  # until the last mark comes back
+                while self.playback.playing(said):  # until that mark comes back
                     await asyncio.sleep(0.02)
         except TimeoutError:
             self.log.warning("the last mark never came back: going on")
@@ -1233,9 +1268,8 @@ class Call:
         if (median := self.median_latency_ms()) is not None:
             parts.append(f"median reply latency {median:.0f} ms")
         parts.append(plural(self.barge_ins, "barge-in"))
-        tokens_in, tokens_out = self.usage["input_tokens"], self.usage["output_tokens"]
-        if tokens_in or tokens_out:  # what the call cost, in OpenAI's units
-            parts.append(f"{tokens_in} tokens in, {tokens_out} out")
+        if cost := self.model.cost():  # what the call cost, in OpenAI's units
+            parts.append(cost)
         if hidden := self.log.limiter.hidden:
             parts.append(f"{plural(hidden, 'repeated warning')} not shown")
         return f"call ended after {seconds:.0f} s: " + ", ".join(parts)
@@ -1510,7 +1544,7 @@ def facts_of(call: Call) -> dict:
         "barge_ins": call.barge_ins,
         "median_reply_latency_ms": None if median is None else round(median),
         **call.happened,  # transferred, recorded
-        "usage": {"model": call.config.openai_model, **call.usage},
+        "usage": {"model": call.config.openai_model, **call.model.usage},
         "report_model": call.config.report_model,
     }
 
