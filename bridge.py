@@ -1911,8 +1911,7 @@ async def serve(app: web.Application) -> None:
     port = config.port
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    # Without TWILIO_AUTH_TOKEN anyone who reaches the port opens sessions on your
-    # bill: so only this machine, unless HOST says otherwise (a tunnel here reaches it).
+    # Unsigned, only this machine unless HOST says otherwise (see local_unless_signed).
     host = config.host or (None if config.twilio_auth_token else "127.0.0.1")
     where = host or "all interfaces"
     try:
@@ -1939,10 +1938,10 @@ def on_signal_then(state: State, number: int, signalled: asyncio.Event) -> None:
     signalled.set()
 
 
-try:  # only to run under gunicorn; `python bridge.py` needs none of it
+# aiohttp's gunicorn worker, if gunicorn is installed: `python bridge.py` needs none.
+GunicornWebWorker = object
+with contextlib.suppress(ImportError):
     from aiohttp.worker import GunicornWebWorker
-except ImportError:
-    GunicornWebWorker = object
 
 
 class Worker(GunicornWebWorker):
