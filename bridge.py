@@ -39,7 +39,8 @@ import hmac
 import inspect
 import ipaddress
 import json
-import logging.handlers  # and logging
+import logging
+import logging.handlers
 import math
 import os
 import queue
@@ -55,7 +56,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from socket import SHUT_RDWR
 from typing import Any, NamedTuple, NoReturn
@@ -1640,8 +1641,6 @@ def report_fields(status: int, answer: bytes) -> dict:
 
 
 def make_app(config: Config) -> web.Application:
-    if not config.twilio_auth_token:
-        log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)")
     state = State(config)
     for name in ("OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"):
         if len(secret := getattr(config, name.lower())) >= 8:  # not a test's "t"
@@ -1660,22 +1659,20 @@ def make_app(config: Config) -> web.Application:
         middlewares=[local_unless_signed, log_wrong_requests], handler_args=server
     )
     app[STATE] = state
-    app.cleanup_ctx.append(http_session)
-    app.cleanup_ctx.append(watch_the_process)
-    app.on_startup.append(quiet_accept_errors)
+    app.cleanup_ctx.append(beside_the_calls)
     app.on_shutdown.append(close_calls)
     app.router.add_post("/incoming", incoming)
     app.router.add_get("/media", media)
     app.router.add_post("/amd", amd)
     app.router.add_get("/health", health)
     if not config.twilio_auth_token:  # unsigned streams are taken: a dev box
+        log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)")
         app.router.add_get("/phone", phone)
     return app
 
 
 def create_app() -> web.Application:
-    """The app, set up from the environment. It serves `python bridge.py`, and
-    gunicorn: gunicorn 'bridge:create_app()' --worker-class bridge.Worker"""
+    """The app, set up from the environment: for `python bridge.py`, and gunicorn."""
     config = settings()
     if not config.openai_api_key:
         fail("OPENAI_API_KEY is not set: export your OpenAI API key first.")
@@ -1684,28 +1681,45 @@ def create_app() -> web.Application:
             Path(config.transcript_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"TRANSCRIPT_DIR={config.transcript_dir!r} cannot be made: {exc}")
-    raise_file_limit()
+    # Each call holds two sockets, and the usual soft limit of 1024 open files would
+    # refuse callers long before the hard limit does.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # hard unlimited: not a soft one
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    log.info("open files limit %d: room for about %d calls", soft, (soft - 20) // 2)
     return make_app(config)
 
 
-def models_used(config: Config) -> dict[str, str]:
-    """The settings that name an OpenAI model, each with the model it names."""
-    named = {
-        "OPENAI_MODEL": config.openai_model,
-        "TRANSCRIBE_MODEL": config.transcribe_model,
-        "REPORT_MODEL": config.report_model,  # unset: no report
-    }
-    return {setting: model for setting, model in named.items() if model}
+async def beside_the_calls(app: web.Application) -> AsyncIterator[None]:
+    """For the app's life: a ClientSession for every request, and two tasks."""
+    # limit=0: each call holds a connection for its whole life, and the default
+    # pool of 100 would make call 101 wait. The timeout bounds each handshake, not
+    # the socket's life.
+    state = app[STATE]
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT)
+    state.http = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    asyncio.get_running_loop().set_exception_handler(state.refusals.loop_error)
+    tasks = [asyncio.create_task(job(state)) for job in (check_models, measure_load)]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    state.refusals.tell_hidden(at_exit=True)
+    await state.http.close()
 
 
 async def check_models(state: State) -> None:
-    """Ask OpenAI's Models API, once at start-up, about each model the settings
-    name: a wrong key, a misspelt model or a shutdown date is told now, not at the
-    first call. Calls are taken meanwhile; a failure to ask is one line."""
+    """Ask OpenAI's Models API at start-up about each model the settings name: a
+    wrong key, a typo or a shutdown date is told now, while calls are taken."""
     config, seconds = state.config, PREFLIGHT_TIMEOUT
     try:
         async with asyncio.timeout(seconds):
-            for setting, model in models_used(config).items():
+            for setting in ("OPENAI_MODEL", "TRANSCRIBE_MODEL", "REPORT_MODEL"):
+                model = getattr(config, setting.lower())
+                if not model:  # REPORT_MODEL unset: no report
+                    continue
                 path = f"/v1/models/{quote(model, safe='')}"
                 answer = await openai_rest(state.http, config, path, None, seconds)
                 if answer[0] == 401:  # for every model: once is enough
@@ -1725,83 +1739,45 @@ def model_problem(setting: str, status: int, body: bytes) -> None:
         )
         log.warning("%s: %s", setting, why)
         return
-    if (shutdown := shutdown_date(body)) is None:
-        return  # none announced
-    days = (shutdown - datetime.now(UTC).date()).days
-    if days < 0:
-        log.error("%s was shut down on %s: choose a current model", setting, shutdown)
-    else:  # louder when it is near
-        level = logging.ERROR if days <= 30 else logging.WARNING
-        when = f"shuts down on {shutdown}, in {plural(days, 'day')}"
-        log.log(level, "%s %s: choose a current model", setting, when)
-
-
-def shutdown_date(body: bytes) -> date | None:
-    """A Models API answer's `shutdown_date` (null: none is announced)."""
     try:
-        return datetime.fromisoformat(json.loads(body)["shutdown_date"]).date()
+        shutdown = datetime.fromisoformat(json.loads(body)["shutdown_date"]).date()
     except (ValueError, TypeError, LookupError, RecursionError):
-        return None
-
-
-async def http_session(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession for every OpenAI and Twilio request, closed with the app."""
-    # limit=0: each call holds a connection for its whole life, and the default
-    # pool of 100 would make call 101 wait. The timeout bounds each handshake, not
-    # the socket's life.
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT)
-    state = app[STATE]
-    state.http = aiohttp.ClientSession(connector=connector, timeout=timeout)
-    yield
-    await state.http.close()
-
-
-async def watch_the_process(app: web.Application) -> AsyncIterator[None]:
-    """What runs beside the calls for the app's life: the models checked once, and
-    the load measured all along."""
-    state = app[STATE]
-    tasks = [asyncio.create_task(check_models(state))]
-    tasks.append(asyncio.create_task(measure_load(state)))
-    yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    state.refusals.tell_hidden(at_exit=True)
+        return  # null: none is announced
+    days = (shutdown - datetime.now(UTC).date()).days
+    when = f"was shut down on {shutdown}"
+    if days >= 0:
+        when = f"shuts down on {shutdown}, in {plural(days, 'day')}"
+    level = logging.ERROR if days <= 30 else logging.WARNING  # louder when it is near
+    log.log(level, "%s %s: choose a current model", setting, when)
 
 
 async def measure_load(state: State) -> None:
-    """How busy the process is, looked at every LOAD_EVERY: the share of the last
-    LOAD_WINDOW its threads ran (CPU time over wall time, as Node's event loop
-    utilization), and how late this timer fired. One timer, nothing per call."""
-    loop = asyncio.get_running_loop()
-    looks: deque[tuple[float, float]] = deque(maxlen=round(LOAD_WINDOW / LOAD_EVERY))
-    cpu, wall = time.process_time(), loop.time()  # at the last look
+    """How busy the process is: the share of the last LOAD_WINDOW its threads ran
+    (CPU over wall time), and how late this timer fired. One timer for all calls."""
+    # Each look reads each clock once, so no time falls between two looks' readings.
+    looks = deque(maxlen=round(LOAD_WINDOW / LOAD_EVERY) + 1)  # (CPU, wall) readings
+    looks.append((time.process_time(), time.monotonic()))
     while True:
         await asyncio.sleep(LOAD_EVERY)
-        now_cpu, now = time.process_time(), loop.time()  # read once: no gap unseen
-        state.late = now - wall - LOAD_EVERY
-        looks.append((now_cpu - cpu, now - wall))
-        cpu, wall = now_cpu, now
-        state.load = 100 * sum(c for c, _ in looks) / sum(w for _, w in looks)
+        cpu, wall = time.process_time(), time.monotonic()
+        state.late = wall - looks[-1][1] - LOAD_EVERY
+        looks.append((cpu, wall))
+        state.load = 100 * (cpu - looks[0][0]) / (wall - looks[0][1])
         state.refusals.tell_hidden()  # a window's count, without waiting for more
-
-
-def from_this_machine(request: web.Request) -> bool:
-    # Without signatures anyone who reaches the port opens sessions on your bill,
-    # whatever address it listens on (HOST, gunicorn's --bind). A tunnel on this
-    # machine reaches it from loopback.
-    try:
-        address = ipaddress.ip_address(request.remote or "")
-    except ValueError:
-        return False
-    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 @web.middleware
 async def local_unless_signed(request: web.Request, handler: Callable) -> Any:
     """Without TWILIO_AUTH_TOKEN, refuse every request from another machine."""
-    if request.app[STATE].config.twilio_auth_token or from_this_machine(request):
+    # Without signatures anyone who reaches the port opens sessions on your bill,
+    # whatever address it listens on (HOST, gunicorn's --bind). A tunnel on this
+    # machine reaches it from loopback.
+    try:
+        address = ipaddress.ip_address(request.remote or "")
+        local = (getattr(address, "ipv4_mapped", None) or address).is_loopback
+    except ValueError:
+        local = False
+    if request.app[STATE].config.twilio_auth_token or local:
         return await handler(request)
     why = "unsigned, so only this machine may call: set TWILIO_AUTH_TOKEN"
     raise refuse(request, web.HTTPForbidden, why)
@@ -1826,8 +1802,7 @@ async def log_wrong_requests(request: web.Request, handler: Callable) -> Any:
 
 
 async def health(request: web.Request) -> web.Response:
-    """For a load balancer: 200 while the bridge takes calls; 503 while it drains,
-    is full or too busy (a call sent here would hear busy)."""
+    """For a load balancer: 200 while calls are taken, else 503 (they hear busy)."""
     state = request.app[STATE]
     calls = len(state.calls) + len(state.waiting)  # streams before `start` too
     full = calls >= state.config.max_calls
@@ -1850,27 +1825,22 @@ async def phone(request: web.Request) -> web.Response:
 def on_signal(state: State, number: int) -> None:
     """SIGTERM drains: no new calls, and live ones end on their own for up to
     DRAIN_SECONDS. Ctrl-C, or a second signal, hangs up at once."""
-    if number == signal.SIGTERM and state.drain_until is None:
-        begin_drain(state)
-    else:
+    if number != signal.SIGTERM or state.drain_until is not None:
         state.drain_until = 0
-
-
-def begin_drain(state: State) -> None:
-    if state.drain_until is None:
-        seconds = state.config.drain_seconds
-        state.drain_until = asyncio.get_running_loop().time() + seconds
-        if seconds:
-            calls = plural(len(state.calls), "call")
-            log.info("draining: %s for up to %d s", calls, seconds)
+        return
+    seconds = state.config.drain_seconds
+    state.drain_until = asyncio.get_running_loop().time() + seconds
+    if seconds:
+        calls = plural(len(state.calls), "call")
+        log.info("draining: %s for up to %d s", calls, seconds)
 
 
 async def drain(app: web.Application) -> None:
-    """Take no new calls, and let the live ones end on their own, up to the drain's
-    end (DRAIN_SECONDS from its start)."""
+    """Begin the drain as a SIGTERM does, unless it has begun; wait for its end."""
     state = app[STATE]
     loop = asyncio.get_running_loop()
-    begin_drain(state)
+    if state.drain_until is None:
+        on_signal(state, signal.SIGTERM)
     report = loop.time() + DRAIN_REPORT
     while (state.calls or state.reports) and loop.time() < state.drain_until:
         if loop.time() >= report:
@@ -1895,59 +1865,29 @@ async def close_calls(app: web.Application) -> None:
         log.info("all calls ended")
 
 
-async def quiet_accept_errors(app: web.Application) -> None:
-    # Out of file descriptors, asyncio logs a traceback each time it retries accept():
-    # a refusal's line says it better.
-    refusals = app[STATE].refusals
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        if context.get("message") == "socket.accept() out of system resource":
-            refusals.warning("no file descriptor left: %s", context["exception"])
-            refusals.out_of_files = True
-        else:
-            loop.default_exception_handler(context)
-
-    asyncio.get_running_loop().set_exception_handler(handler)
-
-
-def raise_file_limit() -> None:
-    # Each call holds two sockets, and the usual soft limit of 1024 open files would
-    # refuse callers long before the hard limit does.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    except (ValueError, OSError):  # an unlimited hard limit cannot be the soft one
-        pass
-    log.info("open files limit %d: room for about %d calls", soft, (soft - 20) // 2)
-
-
 async def serve(app: web.Application) -> None:
     """`python bridge.py`: serve until a signal (on_signal says what each does)."""
     config = app[STATE].config
+    port = config.port
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    # Without TWILIO_AUTH_TOKEN anyone who reaches the port opens sessions on your
-    # bill: so only this machine, unless HOST says otherwise (a tunnel here reaches it).
+    # Unsigned, only this machine unless HOST says otherwise (see local_unless_signed).
     host = config.host or (None if config.twilio_auth_token else "127.0.0.1")
     where = host or "all interfaces"
     try:
-        await web.TCPSite(runner, host, config.port).start()
+        await web.TCPSite(runner, host, port).start()
     except OSError as exc:  # most often another program has the port
         await runner.cleanup()
-        fail(f"cannot listen on {where} port {config.port}: {exc.strerror}")
-    log.info(
-        "listening on %s port %d, model %s", where, config.port, config.openai_model
-    )
+        fail(f"cannot listen on {where} port {port}: {exc.strerror}")
+    log.info("listening on %s port %d, model %s", where, port, config.openai_model)
     if not config.twilio_auth_token:
-        log.info("open http://localhost:%d/phone to talk to the agent", config.port)
+        log.info("open http://localhost:%d/phone to talk to the agent", port)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
     signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(
-            number, on_signal_then, app[STATE], number, signalled
-        )
+        loop.add_signal_handler(number, on_signal_then, app[STATE], number, signalled)
     await signalled.wait()
     await drain(app)  # still listening: webhooks get 503, late streams connect
     await runner.cleanup()  # stops listening, then close_calls() hangs up the rest
@@ -1958,17 +1898,16 @@ def on_signal_then(state: State, number: int, signalled: asyncio.Event) -> None:
     signalled.set()
 
 
-try:  # only to run under gunicorn; `python bridge.py` needs none of it
+# aiohttp's gunicorn worker, if gunicorn is installed: `python bridge.py` needs none.
+GunicornWebWorker = object
+with contextlib.suppress(ImportError):
     from aiohttp.worker import GunicornWebWorker
-except ImportError:
-    GunicornWebWorker = object
 
 
 class Worker(GunicornWebWorker):
     """gunicorn's aiohttp worker, draining as `python bridge.py` does, however
     gunicorn retires it: a SIGTERM (a stop, or a HUP reload's old workers), past
-    --max-requests, or once its master has died. Ctrl-C (SIGINT) hangs up at once.
-    gunicorn 'bridge:create_app()' --worker-class bridge.Worker --workers 2"""
+    --max-requests, or once its master has died. Ctrl-C (SIGINT) hangs up at once."""
 
     # gunicorn retires a worker by setting `alive` to False, and aiohttp's serve
     # loop then shuts aiohttp down within a second, which deafens live calls. Here
@@ -2050,10 +1989,15 @@ def settings() -> Config:
     """The settings from the environment; a line per bad one, and exit."""
     root = logging.getLogger()
     if not root.handlers:  # (a test's are kept)
-        root.addHandler(log_from_a_thread())
-        root.setLevel(logging.INFO)
+        # The log's lines wait in a bounded queue for a thread of their own to write
+        # them to stderr: a stalled reader of the log (a full pipe, a paused `docker
+        # logs`) must not stop the event loop, and every call with it.
+        lines = LogQueue(queue.Queue(LOG_QUEUE))  # formats each line, as it is put
+        LogWriter(lines.queue, logging.StreamHandler()).start()  # a daemon thread
+        atexit.register(flush_log)
+        logging.basicConfig(format=LOG_FORMAT, level=logging.INFO, handlers=[lines])
     for handler in root.handlers:  # aiohttp's lines and tracebacks too
-        handler.addFilter(MASKED)
+        handler.addFilter(mask_secrets)
     try:
         config = Config.from_env(os.environ)
     except ValueError as problems:
@@ -2114,40 +2058,22 @@ def masked(text: str) -> str:
     return text
 
 
-class Masked(logging.Filter):
-    """Masks the secrets in every log line and traceback: one filter for all, so no
-    line, written now or later, can leak a key."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in SECRETS):
-            record.msg, record.args = masked(message), ()
-        if record.exc_info and not record.exc_text:
-            trace = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = masked(trace)
-        return True
+def mask_secrets(record: logging.LogRecord) -> bool:
+    """The log's filter: masks the secrets in every line and traceback. One filter
+    for all, so no line, written now or later, can leak a key."""
+    message = record.getMessage()
+    if any(secret in message for secret in SECRETS):
+        record.msg, record.args = masked(message), ()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = masked(logging.Formatter().formatException(record.exc_info))
+    return True
 
 
-MASKED = Masked()
-log.addFilter(MASKED)
-
-
-def log_from_a_thread() -> logging.Handler:
-    """The root logger's handler: a bounded queue (LogQueue) that a thread of its
-    own (LogWriter) writes to stderr. A stalled reader of the log (a full pipe, a
-    paused `docker logs`) must not stop the event loop, and every call with it."""
-    handler = LogQueue(queue.Queue(LOG_QUEUE))
-    stream = logging.StreamHandler()
-    stream.setFormatter(logging.Formatter(LOG_FORMAT))
-    LogWriter(handler.queue, stream).start()  # a daemon thread
-    atexit.register(flush_log)
-    return handler
+log.addFilter(mask_secrets)
 
 
 class LogQueue(logging.handlers.QueueHandler):
-    """Lines that find the queue full are dropped, and counted."""
-
-    dropped = 0  # not told yet
+    dropped = 0  # lines that found the queue full, not told yet
 
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
@@ -2163,9 +2089,7 @@ class LogWriter(logging.handlers.QueueListener):
         super().handle(record)
         if self.queue.empty() and (dropped := LogQueue.dropped):
             LogQueue.dropped -= dropped
-            why = f"{dropped} log lines dropped: the log's reader was too slow"
-            fields = {"name": "bridge", "levelno": logging.WARNING, "msg": why}
-            super().handle(logging.makeLogRecord(fields | {"levelname": "WARNING"}))
+            log.warning("%d log lines dropped: the log's reader was too slow", dropped)
 
 
 def flush_log() -> None:
@@ -2177,36 +2101,21 @@ def flush_log() -> None:
         time.sleep(0.01)
 
 
-def plural(count: int, noun: str) -> str:
-    """'1 call', '2 calls': log lines that read as English."""
+def plural(count: int, noun: str) -> str:  # '1 call', '2 calls'
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-class Limiter:
-    """Lets the first WARNINGS_SHOWN lines of each kind through in each window of
-    `window` seconds, and counts the rest: a peer could repeat one forever."""
-
-    def __init__(self, window: float = math.inf) -> None:
-        self.window = window
-        self.ends = time.monotonic() + window
-        self.shown: Counter[str] = Counter()
-        self.hidden = 0  # lines held back in this window
+class Limiter(Counter):
+    """Lines counted by kind: the first WARNINGS_SHOWN of each are let through, the
+    rest held back (a peer could repeat one forever)."""
 
     def allows(self, kind: str) -> bool:
-        self.shown[kind] += 1
-        if self.shown[kind] <= WARNINGS_SHOWN:
-            return True
-        self.hidden += 1
-        return False
+        self[kind] += 1
+        return self[kind] <= WARNINGS_SHOWN
 
-    def next_window(self, now: bool = False) -> int:
-        """If the window has ended (or `now`), begin the next: the lines the last
-        one held back."""
-        if time.monotonic() < self.ends and not now:
-            return 0
-        hidden, self.hidden, self.shown = self.hidden, 0, Counter()
-        self.ends = time.monotonic() + self.window
-        return hidden
+    @property
+    def hidden(self) -> int:
+        return sum(max(0, count - WARNINGS_SHOWN) for count in self.values())
 
 
 class CallLog(logging.LoggerAdapter):
@@ -2233,7 +2142,8 @@ class Refusals:
     out_of_files = False  # since accept() last failed for want of a file descriptor
 
     def __init__(self) -> None:
-        self.limiter = Limiter(REFUSALS_EVERY)
+        self.limiter = Limiter()
+        self.ends = time.monotonic() + REFUSALS_EVERY  # this window's
 
     def warning(self, msg: str, *args: object) -> None:
         self.tell_hidden()
@@ -2242,8 +2152,11 @@ class Refusals:
 
     def tell_hidden(self, at_exit: bool = False) -> None:
         """Once a window ends (a timer looks), or at exit: how many were not shown."""
-        if hidden := self.limiter.next_window(at_exit):
-            log.warning("%d more refusals in the last minute", hidden)
+        if time.monotonic() >= self.ends or at_exit:
+            if hidden := self.limiter.hidden:
+                log.warning("%d more refusals in the last minute", hidden)
+            self.limiter.clear()
+            self.ends = time.monotonic() + REFUSALS_EVERY
 
     info = warning  # close_socket() says so when a refused stream does not answer
 
@@ -2257,10 +2170,20 @@ class Refusals:
         else:
             logging.getLogger("aiohttp.server").exception(msg, *args, exc_info=exc_info)
 
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        # Out of file descriptors, asyncio logs a traceback each time it retries
+        # accept(): a refusal's line says it better.
+        if context.get("message") == "socket.accept() out of system resource":
+            self.warning("no file descriptor left: %s", context["exception"])
+            self.out_of_files = True
+        else:
+            loop.default_exception_handler(context)
 
-def parse(
-    msg: aiohttp.WSMessage, side: str, key: str, logger: CallLog | Refusals
-) -> dict | None:
+
+PeerLog = CallLog | Refusals  # the logs that bound what a peer can make them say
+
+
+def parse(msg: aiohttp.WSMessage, side: str, key: str, logger: PeerLog) -> dict | None:
     """A JSON object with a string `key`, or None (logged) for anything else."""
     try:
         event = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
@@ -2273,7 +2196,7 @@ def parse(
     return None
 
 
-async def close_socket(socket: Any, logger: CallLog | Refusals) -> None:
+async def close_socket(socket: Any, logger: PeerLog) -> None:
     # Close a WebSocket, politely if the peer answers within CLOSE_TIMEOUT; then shut
     # the connection down. Closing alone waits for the peer to read what is still
     # queued for it, and a peer that stopped reading never does.
@@ -2294,13 +2217,12 @@ async def close_socket(socket: Any, logger: CallLog | Refusals) -> None:
 
 
 def first_time(seen: dict[str, None], key: str) -> bool:
-    """Remember `key` among the newest REMEMBERED seen (oldest first); False if it
-    was seen already."""
+    """Remember `key` among the newest REMEMBERED seen; False if it was seen already."""
     if key in seen:
         return False
     seen[key] = None
     if len(seen) > REMEMBERED:
-        del seen[next(iter(seen))]
+        del seen[next(iter(seen))]  # the oldest
     return True
 
 
@@ -2332,16 +2254,11 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
 async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT."""
     if inspect.iscoroutinefunction(function):
-        work = function(*args, **kwargs)
-    else:  # a plain function runs in a thread, so it cannot block the calls
-        work = in_thread(function, *args, **kwargs)
-    return await asyncio.wait_for(work, TOOL_TIMEOUT)
-
-
-def in_thread(function: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
-    # A daemon thread of its own, not asyncio.to_thread's: those are the threads DNS
-    # lookups need, and one that never returns would hold one for good, and the
-    # process at exit. Here it is abandoned at TOOL_TIMEOUT.
+        return await asyncio.wait_for(function(*args, **kwargs), TOOL_TIMEOUT)
+    # A plain function runs in a daemon thread of its own, so that it cannot block
+    # the calls. Not asyncio.to_thread's: those are the threads DNS lookups need, and
+    # one that never returns would hold one for good, and the process at exit. Here
+    # it is abandoned at TOOL_TIMEOUT.
     result: concurrent.futures.Future = concurrent.futures.Future()
 
     def work() -> None:
@@ -2352,7 +2269,7 @@ def in_thread(function: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
                 result.set_exception(exc)
 
     threading.Thread(target=work, daemon=True).start()
-    return asyncio.wrap_future(result)
+    return await asyncio.wait_for(asyncio.wrap_future(result), TOOL_TIMEOUT)
 
 
 # ----------------------------------------------------------------------------
@@ -2376,10 +2293,6 @@ PHONE_PAGE = """\
 </style>
 <main>
   <output>Ready to call</output>
-  <button>1</button><button>2</button><button>3</button>
-  <button>4</button><button>5</button><button>6</button>
-  <button>7</button><button>8</button><button>9</button>
-  <button>*</button><button>0</button><button>#</button>
   <button class="call" onclick="call()">Call</button>
   <button class="hang-up" onclick="hangUp()" disabled>Hang up</button>
 </main>
@@ -2467,8 +2380,7 @@ function listen(samples) {  // the microphone's samples go out in frames of 160
     // The stream's clock is the audio clock, which playback runs on too.
     const timestamp = String(Math.round((audio.currentTime - streamStart) * 1000));
     chunk += 1;
-    const media = {track: 'inbound', chunk: String(chunk), timestamp, payload};
-    send('media', {media});
+    send('media', {media: {track: 'inbound', chunk: `${chunk}`, timestamp, payload}});
   }
   echoPlayedMarks();
 }
@@ -2518,9 +2430,10 @@ function end(why) {
   status.textContent = `Call ended: ${why}`;
 }
 
-for (const key of document.querySelectorAll('button:not([class])')) {  // the keypad
-  const dtmf = {track: 'inbound_track', digit: key.textContent};
-  key.onclick = () => send('dtmf', {dtmf});
+for (const digit of '123456789*0#') {  // the keypad, before the Call button
+  const key = Object.assign(document.createElement('button'), {textContent: digit});
+  key.onclick = () => send('dtmf', {dtmf: {track: 'inbound_track', digit}});
+  callButton.before(key);
 }
 </script>
 """
