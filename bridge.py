@@ -74,7 +74,7 @@ log = logging.getLogger("bridge")
 # Configuration
 
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
-OPENAI_LIVE_URL = "wss://api.openai.com/v1/live/sessions"  # GPT-Live's
+LIVE_URL = "wss://api.openai.com/v1/live/sessions"  # GPT-Live's
 OPENAI_API = "https://api.openai.com"  # its REST API: the call report
 TWILIO_API = "https://api.twilio.com"
 PHONE_NUMBER = r"\+[1-9][0-9]{1,14}"  # E.164: + and up to 15 digits
@@ -103,7 +103,7 @@ class Config:
     openai_realtime_url: str = setting(OPENAI_URL, r"wss?://\S+", "wss:// or ws:// URL")
     # Any gpt-live-* model speaks GPT-Live (see Live); every other one Realtime.
     openai_model: str = setting("gpt-realtime-2.1")
-    openai_live_url: str = setting(OPENAI_LIVE_URL, r"wss?://\S+", "wss:// or ws:// URL")
+    openai_live_url: str = setting(LIVE_URL, r"wss?://\S+", "wss:// or ws:// URL")
     live_backend_model: str = setting("gpt-5.4-mini")  # GPT-Live's, for the tools
     port: int = setting(8080, range(1, 65536))
     # Unset: all interfaces with TWILIO_AUTH_TOKEN set, else only this machine.
@@ -196,12 +196,12 @@ REALTIME_ONLY = (
 ).split()
 
 
-def unused_settings(config: Config, env: Mapping[str, str]) -> str:
+def unused_settings(config: Config, env: Mapping[str, str]) -> list[str]:
     """A warning that names the Realtime settings set while GPT-Live is chosen."""
     unused = [name for name in REALTIME_ONLY if env.get(name, "").strip()]
     if not (config.live and unused):
-        return ""
-    return f"{', '.join(unused)}: not used by {config.openai_model}: ignored"
+        return []
+    return [f"{', '.join(unused)}: not used by {config.openai_model}: ignored"]
 
 
 def not_allowed(name: str, value: str, rule: Mapping) -> str:
@@ -1357,6 +1357,12 @@ def add_usage(total: dict, usage: object) -> None:
             total[name] += given
 
 
+def error_text(error: object) -> str:
+    """An OpenAI `error` event's code and message, for a log line."""
+    error = error if isinstance(error, dict) else {}
+    return f"{printable(error.get('code'))}: {printable(error.get('message'), 300)}"
+
+
 def text_of(event: dict, *names: str) -> list[str]:
     """Fields that must be text, or a TypeError (no list may become an item id)."""
     values = [event[name] for name in names]
@@ -1375,8 +1381,12 @@ IGNORED_EVENTS = tuple(
 )
 
 
-class Realtime:
-    """A call's session on OpenAI's Realtime API, renewed when it expires."""
+class ModelSession:
+    """What a call's session on either of OpenAI's voice APIs has: its socket, and
+    the events held for it while it opens or renews. Realtime and Live below are
+    the two dialects."""
+
+    truncates = True  # barge-in: the call cuts the reply at what the caller heard
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -1385,34 +1395,29 @@ class Realtime:
         self.refused = False  # OpenAI refused the session: no second try
         self.held: deque[dict] = deque()  # for OpenAI, while it is not ready
         self.opened_at = 0.0  # when the session opened
-        self.responding = False  # a response is being generated: cancel it first
 
-    async def open(self) -> bool:
-        """Open and configure a session, with the conversation so far and what the
-        caller said while it opened; False (logged) if it could not be opened."""
-        call, config = self.call, self.call.config
-        url = f"{config.openai_realtime_url}?model={config.openai_model}"
+    async def connect(self, url: str) -> bool:
+        """Open the session's WebSocket; False (logged) if it could not be opened."""
+        config = self.call.config
         options = {"heartbeat": OPENAI_HEARTBEAT, "max_msg_size": MAX_OPENAI_MESSAGE}
         options["headers"] = {"Authorization": f"Bearer {config.openai_api_key}"}
         try:
-            self.socket = await call.state.http.ws_connect(url, **options)
+            self.socket = await self.call.state.http.ws_connect(url, **options)
+            return True
         except (aiohttp.ClientError, TimeoutError) as exc:
             answered = isinstance(exc, aiohttp.WSServerHandshakeError)
             self.refused = answered and exc.status in (401, 403, 404)
             why = f"HTTP {exc.status}" if answered else described(exc)
             why += ": check OPENAI_API_KEY" if answered and exc.status == 401 else ""
-            call.log.error("could not open the OpenAI session: %s", why)
+            self.call.log.error("could not open the OpenAI session: %s", why)
             return False
-        self.responding = False  # a new session has no response yet
-        turns = call.kind != "voicemail"
-        await call.send(self.socket, session_update(config, call.instructions, turns))
-        for role, text in call.turns[-REPLAY_TURNS:]:
-            await call.send(self.socket, message_item(role, text))
+
+    async def begin(self) -> None:
+        """The session is set up: what the caller said meanwhile goes to it now."""
         while self.held:
-            await call.send(self.socket, self.held.popleft())
+            await self.call.send(self.socket, self.held.popleft())
         self.ready = True
         self.opened_at = time.monotonic()
-        return True
 
     async def send(self, event: dict) -> None:
         if self.ready:
@@ -1422,10 +1427,51 @@ class Realtime:
         else:  # never block the Twilio pump: it must still hear `stop`
             self.call.log.warning("the session is still renewing: caller audio dropped")
 
+    async def pump(self) -> bool:
+        """Act on the session's events until it ends: True if it expired (renew it)."""
+        async for msg in self.socket:
+            await self.call.handle(msg, "OpenAI", "type", self.on_event)
+        if self.ready:  # not expired: OpenAI ended the session
+            why = self.why_closed()
+            self.call.log.info("OpenAI closed the session (%s): hanging up", why)
+        return not self.ready
+
+    async def close(self) -> None:
+        if self.socket is not None:
+            await close_socket(self.socket, self.call.log)
+
+
+class Realtime(ModelSession):
+    """A call's session on OpenAI's Realtime API, renewed when it expires."""
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(call)
+        self.responding = False  # a response is being generated: cancel it first
+        self.usage = copy.deepcopy(NO_USAGE)  # the replies' usage, summed
+
+    async def open(self) -> bool:
+        """Open and configure a session, with the conversation so far and what the
+        caller said while it opened; False (logged) if it could not be opened."""
+        call, config = self.call, self.call.config
+        if not await self.connect(
+            f"{config.openai_realtime_url}?model={config.openai_model}"
+        ):
+            return False
+        self.responding = False  # a new session has no response yet
+        turns = call.kind != "voicemail"
+        await call.send(self.socket, session_update(config, call.instructions, turns))
+        for role, text in call.turns[-REPLAY_TURNS:]:
+            await call.send(self.socket, message_item(role, text))
+        await self.begin()
+        return True
+
     # What the call tells the model.
 
     async def caller_audio(self, payload: str) -> None:
         await self.send({"type": "input_audio_buffer.append", "audio": payload})
+
+    async def greet(self) -> None:
+        await self.respond()
 
     async def respond(self) -> None:
         await self.send({"type": "response.create"})
@@ -1449,15 +1495,6 @@ class Realtime:
 
     # What the model tells the call.
 
-    async def pump(self) -> bool:
-        """Act on the session's events until it ends: True if it expired (renew it)."""
-        async for msg in self.socket:
-            await self.call.handle(msg, "OpenAI", "type", self.on_event)
-        if self.ready:  # not expired: OpenAI ended the session
-            code = self.socket.close_code
-            self.call.log.info("OpenAI closed the session (code %s): hanging up", code)
-        return not self.ready
-
     async def on_event(self, event: dict) -> None:
         call, event_type = self.call, event["type"]
         if event_type == "response.output_audio.delta":
@@ -1480,7 +1517,7 @@ class Realtime:
             self.responding = False
             await call.send_mark()  # the reply's last audio
             self.on_response_done(event["response"])
-            add_usage(call.usage, event["response"].get("usage"))
+            add_usage(self.usage, event["response"].get("usage"))
         elif event_type == "error":
             await self.on_error(event["error"])
         elif not event_type.startswith(IGNORED_EVENTS):
@@ -1497,9 +1534,196 @@ class Realtime:
             self.ready = False  # caller audio is held for the new session
             await close_socket(self.socket, self.call.log)  # OpenAI's may never come
         else:
-            code = printable(error.get("code"))
-            message = printable(error.get("message"), 300)
-            self.call.log.warning("OpenAI error %s: %s", code, message)
+            self.call.log.warning("OpenAI error %s", error_text(error))
+
+    def why_closed(self) -> str:
+        return f"code {self.socket.close_code}"
+
+    def cost(self) -> str:
+        """What the call cost so far, in OpenAI's units ("" if nothing yet)."""
+        tokens_in, tokens_out = self.usage["input_tokens"], self.usage["output_tokens"]
+        if tokens_in + tokens_out == 0:
+            return ""
+        return f"{tokens_in} tokens in, {tokens_out} out"
+
+
+# ----------------------------------------------------------------------------
+# The model's side of the call: OpenAI's GPT-Live API
+#
+# The same verbs in a second dialect. GPT-Live listens while it speaks and decides
+# itself when a barge-in stops it: the call clears nothing and truncates nothing.
+# It speaks only while its input clock runs, so the caller's audio flows the whole
+# call. It hands tools to a backend Responses model (LIVE_BACKEND_MODEL), whose
+# events come wrapped in response.event; its transcripts are deltas, with no turns.
+
+LIVE_HISTORY = 128  # messages a session.start's `input` may hold
+GREET = "Greet the caller now, as your instructions say."
+
+
+def session_start(config: Config, instructions: str, turns: list) -> dict:
+    """The first event of every GPT-Live session, and the only one before
+    session.started. Twilio's mu-law passes untouched both ways."""
+    tools = [declaration for _, declaration in tools_for(config).values()]
+    history = [message_item(role, text)["item"] for role, text in turns]
+    return {
+        "type": "session.start",
+        "session": {
+            "model": config.openai_model,
+            "instructions": instructions,
+            "audio": {
+                "format": {"type": "audio/pcmu", "rate": 8000},
+                "output": {"voice": config.voice},
+            },
+            "delegation": {
+                "type": "responses",
+                "responses": {"model": config.live_backend_model, "tools": tools},
+            },
+            "input": history[-LIVE_HISTORY:],  # a renewed session's memory
+        },
+    }
+
+
+class Live(ModelSession):
+    """A call's session on OpenAI's GPT-Live API, renewed when it expires."""
+
+    truncates = False
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(call)
+        self.usage = {"seconds": 0}  # billed, in all of the call's sessions
+        self.billed = 0  # seconds billed by the call's sessions that have closed
+        self.speaker = "user"  # whose transcript deltas are coming in
+        self.words = ""  # their turn so far
+        self.reason = ""  # why session.closed said the session ended
+
+    async def open(self) -> bool:
+        """Start a session, with the conversation so far, and wait until it has
+        started; False (logged) if it could not be started."""
+        call = self.call
+        if not await self.connect(call.config.openai_live_url):
+            return False
+        start = session_start(call.config, call.instructions, call.turns)
+        await call.send(self.socket, start)
+        if not await self.started():
+            await close_socket(self.socket, call.log)
+            return False
+        await self.begin()
+        return True
+
+    async def started(self) -> bool:
+        """Wait for session.started (bounded). An error first: OpenAI refused it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                async for msg in self.socket:
+                    event = parse(msg, "OpenAI", "type", self.call.log)
+                    if event and event["type"] == "session.started":
+                        return True
+                    if event and event["type"] == "error":  # not admitted
+                        self.refused = True
+                        why = error_text(event.get("error"))
+                        self.call.log.error("OpenAI refused the session: %s", why)
+                        return False
+        self.call.log.error("could not open the OpenAI session: no session.started")
+        return False
+
+    # What the call tells the model. delegation_id is required, and null with a
+    # Responses backend.
+
+    async def caller_audio(self, payload: str) -> None:
+        await self.send({"type": "session.input_audio.append", "audio": payload})
+
+    async def greet(self) -> None:
+        """GPT-Live speaks first when told to: as commentary, the words to say."""
+        voicemail = self.call.kind == "voicemail"
+        words = voicemail_task(self.call.config) if voicemail else GREET
+        commentary = {"content": words, "delegation_id": None}
+        await self.send({"type": "session.commentary.append", **commentary})
+
+    async def caller_text(self, text: str) -> None:
+        """Text the caller gave (keys), as silent context the model answers."""
+        thinking = {"content": text, "delegation_id": None}
+        await self.send({"type": "session.thinking.append", **thinking})
+
+    async def tool_output(self, call_id: str, output: str) -> None:
+        item = {"type": "function_call_output", "call_id": call_id, "output": output}
+        await self.send({"type": "response.item.create", "item": item})
+        await self.send({"type": "response.create"})  # the backend goes on
+
+    async def close(self) -> None:
+        """Our side ends the call: session.close first, so OpenAI finalizes it."""
+        self.end_turn()
+        if self.ready and not self.socket.closed:
+            with contextlib.suppress(OSError):  # reset, or TimeoutError (an OSError)
+                async with asyncio.timeout(CLOSE_TIMEOUT):  # a peer not reading
+                    await self.socket.send_str(json.dumps({"type": "session.close"}))
+        await super().close()
+
+    # What the model tells the call.
+
+    async def on_event(self, event: dict) -> None:
+        call, event_type = self.call, event["type"]
+        if event_type == "session.output_audio.delta":  # one reply, never cut
+            await call.play("live", *text_of(event, "delta"))
+        elif event_type == "session.input_transcript.delta":
+            call.callee_spoke = True
+            self.heard("user", *text_of(event, "delta"))
+        elif event_type == "session.output_transcript.delta":
+            self.heard("assistant", *text_of(event, "delta"))
+        elif event_type == "response.event":
+            self.on_backend_event(event["event"])
+        elif event_type == "session.usage.updated":
+            self.add_seconds(event["usage"]["seconds"])
+        elif event_type == "session.closed":
+            await self.on_closed(event)
+        elif event_type == "error":
+            self.call.log.warning("OpenAI error %s", error_text(event["error"]))
+
+    def heard(self, speaker: str, delta: str) -> None:
+        """Transcript deltas join into turns: one ends when the other side speaks."""
+        if speaker != self.speaker:
+            self.end_turn()
+            self.speaker = speaker
+        self.words += delta
+
+    def end_turn(self) -> None:
+        words = self.words.strip()
+        self.words = ""
+        if not words:
+            return
+        if self.speaker == "user":
+            self.call.caller_turns += 1
+        self.call.remember(self.speaker, words)
+
+    def on_backend_event(self, event: dict) -> None:
+        """A tool call: the backend's function_call item, once it is complete."""
+        if event["type"] == "response.output_item.done":
+            item = event["item"]
+            if item["type"] == "function_call" and item["status"] == "completed":
+                self.call.on_tool_call(*text_of(item, "name", "call_id", "arguments"))
+
+    def add_seconds(self, seconds: object) -> None:
+        """The session's billed seconds so far (each event says the whole, not a
+        part): the call's are its sessions' sum."""
+        if type(seconds) in (int, float) and 0 <= seconds < math.inf:
+            self.usage["seconds"] = self.billed + seconds
+
+    async def on_closed(self, event: dict) -> None:
+        """The session's last event: why it ended, and what it billed in all."""
+        reason = self.reason = printable(event["reason"])
+        self.add_seconds(event["usage"]["seconds"])
+        self.billed = self.usage["seconds"]
+        if reason == "expired":  # about two hours: a new session takes over
+            self.call.log.info("the session reached its time limit: renewing it")
+            self.end_turn()  # for the new session's `input`
+            self.ready = False
+        await close_socket(self.socket, self.call.log)
+
+    def why_closed(self) -> str:
+        return self.reason or "no session.closed"
+
+    def cost(self) -> str:
+        seconds = self.usage["seconds"]
+        return f"{seconds:g} s of GPT-Live" if seconds else ""
 
 
 # ----------------------------------------------------------------------------
@@ -1716,7 +1940,8 @@ async def check_models(state: State) -> None:
     config, seconds = state.config, PREFLIGHT_TIMEOUT
     try:
         async with asyncio.timeout(seconds):
-            for setting in ("OPENAI_MODEL", "TRANSCRIBE_MODEL", "REPORT_MODEL"):
+            second = "LIVE_BACKEND_MODEL" if config.live else "TRANSCRIBE_MODEL"
+            for setting in ("OPENAI_MODEL", second, "REPORT_MODEL"):
                 model = getattr(config, setting.lower())
                 if not model:  # REPORT_MODEL unset: no report
                     continue
@@ -2002,7 +2227,7 @@ def settings() -> Config:
         config = Config.from_env(os.environ)
     except ValueError as problems:
         fail(str(problems))
-    for line in unknown_settings(os.environ):
+    for line in unknown_settings(os.environ) + unused_settings(config, os.environ):
         log.warning(line)
     return config
 
