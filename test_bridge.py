@@ -50,6 +50,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from openai.types.live import ClientEvent as LiveClientEvent
+from openai.types.live import ServerEvent as LiveServerEvent
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import BaseModel, TypeAdapter
 
@@ -150,13 +152,15 @@ def bridge_lines(caplog) -> list[str]:
 
 
 class Session:
-    """One OpenAI Realtime connection as the fake server sees it."""
+    """One OpenAI Realtime (or GPT-Live) connection as the fake server sees it."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, audio: str):
         self.ws = ws
+        self.audio = audio  # the type of the events that carry caller audio
         self.headers = request.headers
         self.query = request.query
         self.events: asyncio.Queue[dict] = asyncio.Queue()
+        self.started = False  # GPT-Live: session.started was sent
         self.closed = asyncio.Event()
         self.reading = asyncio.Event()  # cleared: the fake stops reading, as a
         self.reading.set()  # stuck server would, and TCP pushes back on the bridge
@@ -168,7 +172,7 @@ class Session:
         """The next event the bridge sent (caller audio skipped unless asked for)."""
         while True:
             event = await asyncio.wait_for(self.events.get(), TIMEOUT)
-            if not (skip_audio and event["type"] == "input_audio_buffer.append"):
+            if not (skip_audio and event["type"] == self.audio):
                 return event
 
     async def next_of(self, kind: str) -> dict:
@@ -177,7 +181,7 @@ class Session:
         return event
 
     async def audio_tags(self, count: int) -> list[str]:
-        events = [await self.next_of("input_audio_buffer.append") for _ in range(count)]
+        events = [await self.next_of(self.audio) for _ in range(count)]
         return [tag_of(event["audio"]) for event in events]
 
     def drained(self) -> list[dict]:
@@ -191,12 +195,13 @@ class Session:
 # The official SDK's types are the authority on what OpenAI accepts: every event the
 # bridge sends must validate strictly, with no field the SDK does not define.
 REALTIME_EVENT = TypeAdapter(RealtimeClientEvent)
+LIVE_EVENT = TypeAdapter(LiveClientEvent)
 
 
-def not_in_the_sdk(event: dict) -> str:
+def not_in_the_sdk(event: dict, sdk: TypeAdapter = REALTIME_EVENT) -> str:
     """Why the SDK's types refuse this client event, or "" if they allow it."""
     try:
-        model = REALTIME_EVENT.validate_python(event, strict=True)
+        model = sdk.validate_python(event, strict=True)
     except ValueError as exc:
         return f"{event.get('type')}: {exc}"
     unknown = unknown_fields(model, event.get("type", "event"))
@@ -216,8 +221,22 @@ def unknown_fields(value: object, path: str) -> list[str]:
     return []
 
 
+LIVE_SESSION = {
+    "id": "live_1",
+    "expires_at": 0,
+    "model": "gpt-live-1.1",
+    "status": "active",
+}
+
+
 class FakeOpenAI:
-    def __init__(self) -> None:
+    """OpenAI's Realtime endpoint; with `live`, GPT-Live's: it answers session.start
+    with session.started (or the next of `admission`, an error), and nothing may
+    come before."""
+
+    def __init__(self, live: bool = False) -> None:
+        self.live = live
+        self.admission: list[dict] = []  # errors for the next session.starts
         self.drop = 0  # handshakes that are accepted, then dropped
         self.invalid: list[str] = []  # events the SDK's types do not allow
         self.sessions: list[Session] = []
@@ -235,7 +254,10 @@ class FakeOpenAI:
             self.drop -= 1
             request.transport.close()
             return ws
-        session = Session(ws, request)
+        audio = (
+            "session.input_audio.append" if self.live else "input_audio_buffer.append"
+        )
+        session = Session(ws, request, audio)
         self.sessions.append(session)
         self.new_session.put_nowait(session)
         while await session.reading.wait():
@@ -243,11 +265,31 @@ class FakeOpenAI:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
             event = json.loads(msg.data)
-            if problem := not_in_the_sdk(event):
+            if problem := not_in_the_sdk(
+                event, LIVE_EVENT if self.live else REALTIME_EVENT
+            ):
                 self.invalid.append(problem)
             session.events.put_nowait(event)
+            if self.live:
+                await self.admit(session, event)
         session.closed.set()
         return ws
+
+    async def admit(self, session: Session, event: dict) -> None:
+        if session.started and event["type"] == "session.start":
+            self.invalid.append("a second session.start")
+        elif not session.started and event["type"] != "session.start":
+            self.invalid.append(f"{event['type']} before session.started")
+        elif not session.started and self.admission:
+            await session.send(type="error", event_id="e0", error=self.admission.pop(0))
+        elif not session.started:
+            session.started = True
+            started = {
+                "type": "session.started",
+                "event_id": "e0",
+                "session": LIVE_SESSION,
+            }
+            await session.send(**started)
 
     async def session(self) -> Session:
         return await asyncio.wait_for(self.new_session.get(), TIMEOUT)
@@ -411,9 +453,10 @@ class FakeTwilio:
 class World:
     """The bridge, its fakes, and a way to place calls."""
 
-    def __init__(self, client: TestClient, openai, api, responses, models) -> None:
+    def __init__(self, client: TestClient, openai, api, responses, models, live):
         self.client, self.openai, self.api = client, openai, api
         self.responses, self.models = responses, models
+        self.live = live  # GPT-Live's endpoint
         self.app = client.server.app
         self.state = state(self.app)
         self.calls = 0
@@ -432,6 +475,12 @@ class World:
     async def answered_call(self) -> tuple[FakeTwilio, Session]:
         """A call whose session is configured and greeted."""
         twilio = await self.call()
+        if self.state.config.live:
+            session = await self.live.session()
+            self.session_start = await session.next()
+            assert self.session_start["type"] == "session.start"
+            assert (await session.next())["type"] == "session.commentary.append"
+            return twilio, session
         session = await self.openai.session()
         self.session_update = await session.next()  # the last call's
         assert self.session_update["type"] == "session.update"
@@ -480,17 +529,19 @@ class World:
 @asynccontextmanager
 async def world(**config):
     openai, api, responses = FakeOpenAI(), FakeTwilioAPI(), FakeResponses()
-    models = FakeModels()
+    live, models = FakeOpenAI(live=True), FakeModels()
     models.answers = config.pop("models", {})  # model -> its answer, from the start
     fakes = web.Application()
     fakes.router.add_get("/v1/models/{model}", models.handler)
     fakes.router.add_get("/v1/realtime", openai.handler)
+    fakes.router.add_get("/v1/live/sessions", live.handler)
     fakes.router.add_post("/2010-04-01/Accounts/{sid}/{path:.*}", api.handler)
     fakes.router.add_get("/2010-04-01/Accounts/{sid}/{path:.*}", api.call_status)
     fakes.router.add_post("/v1/responses", responses.handler)
     async with TestServer(fakes) as fakes_server:
         url = str(fakes_server.make_url("/v1/realtime")).replace("http", "ws", 1)
         config.setdefault("openai_realtime_url", url)
+        config.setdefault("openai_live_url", url.replace("/realtime", "/live/sessions"))
         base = str(fakes_server.make_url("")).rstrip("/")
         config.setdefault("twilio_api_url", base)
         config.setdefault("openai_api_url", base)
@@ -499,8 +550,8 @@ async def world(**config):
         app = bridge.make_app(bridge.Config(**config))
         try:
             async with TestClient(TestServer(app)) as client:
-                yield World(client, openai, api, responses, models)
-            assert openai.invalid == []  # every event the bridge sent is the SDK's
+                yield World(client, openai, api, responses, models, live)
+            assert openai.invalid == live.invalid == []  # all as the SDK defines
         finally:
             responses.answering.set()  # a late answer must not hold the fakes up
 
@@ -656,7 +707,10 @@ async def call_goes_on(twilio: FakeTwilio, session: Session) -> None:
     """The call still works both ways: caller audio up, agent audio down."""
     await twilio.speak("still here")
     assert await session.audio_tags(1) == ["still here"]
-    await say(session, "item_on", "on")
+    if session.audio == "session.input_audio.append":  # GPT-Live
+        await live_say(session, "on")
+    else:
+        await say(session, "item_on", "on")
     while (message := await twilio.receive())["event"] != "media":
         pass
     assert message == media_for(twilio, "on")
@@ -813,6 +867,8 @@ def test_settings_have_their_defaults_when_unset_or_empty_and_take_what_is_allow
     config = bridge.Config.from_env({"OPENAI_API_KEY": "k", "PORT": ""})
     assert (config.openai_model, config.port) == ("gpt-realtime-2.1", 8080)
     assert config.openai_realtime_url == "wss://api.openai.com/v1/realtime"
+    assert config.openai_live_url == "wss://api.openai.com/v1/live/sessions"
+    assert config.live_backend_model == "gpt-5.4-mini" and not config.live
     vad = ("server_vad", "near_field")
     assert (config.turn_detection, config.noise_reduction) == vad
     assert config.idle_timeout_seconds == 0 and config.language == ""
@@ -860,6 +916,7 @@ PROXY = "http://user:sk-pass@proxy.example/v1"
         bad("IDLE_TIMEOUT_SECONDS", "-1", f"{WHOLE} 0 to 3600"),
         bad("PUBLIC_URL", "ftp://x", "https://HOST[:PORT]"),
         bad("OPENAI_REALTIME_URL", "https://api.openai.com", WS),
+        bad("OPENAI_LIVE_URL", "https://api.openai.com/v1/live/sessions", WS),
         # A URL's user, password and query may hold a credential: never echoed.
         bad("OPENAI_REALTIME_URL", PROXY, WS, "http://...@proxy.example/v1"),
         bad("OPENAI_REALTIME_URL", "ftp://p/v1?key=sk-x", WS, "ftp://p/v1?..."),
@@ -2803,6 +2860,299 @@ async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending(w, capl
     await call_goes_on(twilio, session)
     assert caplog.text.count(f"[{CA1}] call ended after") == 1  # the old one's
     assert w.state.calls[CA1] is not None
+
+
+# ---------------------------------------------------------------------------
+# GPT-Live: the same call in OpenAI's second voice API (Live in bridge.py)
+
+LIVE = {"openai_model": "gpt-live-1.1"}
+LIVE_SERVER_EVENT = TypeAdapter(LiveServerEvent)
+
+
+async def live(to: Session, **event) -> None:
+    """The fake GPT-Live server sends an event, as the SDK's types define it."""
+    LIVE_SERVER_EVENT.validate_python(event)
+    await to.send(**event)
+
+
+async def live_say(session: Session, *tags: str, ms: int = 100) -> None:
+    for tag in tags:
+        await live(session, type="session.output_audio.delta", delta=audio(tag, 8 * ms))
+
+
+async def live_words(session: Session, side: str, *deltas: str) -> None:
+    """Transcript deltas: side "input" is the caller's words, "output" the agent's."""
+    for delta in deltas:
+        times = {"event_id": "e", "start_ms": 0, "end_ms": 0}
+        await live(
+            session, type=f"session.{side}_transcript.delta", delta=delta, **times
+        )
+
+
+async def live_tool(session: Session, name: str, arguments: str = "{}") -> None:
+    """The backend model calls a tool: its function_call item, once complete."""
+    item = {"type": "function_call", "status": "completed", "id": "fc_1"}
+    item |= {"call_id": "c1", "name": name, "arguments": arguments}
+    done = {"type": "response.output_item.done", "output_index": 0, "item": item}
+    await live(session, type="response.event", event_id="e", event=done)
+
+
+async def live_closed(session: Session, reason: str, seconds: int = 0) -> None:
+    usage = {"seconds": seconds}
+    await live(
+        session,
+        type="session.closed",
+        event_id="e",
+        reason=reason,
+        session=LIVE_SESSION,
+        usage=usage,
+    )
+
+
+def live_append(tag: str) -> dict:
+    return {"type": "session.input_audio.append", "audio": audio(tag, 160)}
+
+
+@async_test(**LIVE, **REST, voice="cedar", transfer_number="+15559990000")
+async def test_a_live_call_starts_its_session_first_then_is_greeted_by_commentary(w):
+    twilio = await w.call(start=False)
+    await twilio.start(CALLER)
+    session = await w.live.session()
+    assert session.headers["Authorization"] == "Bearer sk-test"
+    assert session.query == {}  # the model goes in session.start, never the URL
+    start = await session.next()
+    tools = start["session"]["delegation"]["responses"].pop("tools")
+    assert {tool["name"] for tool in tools} == {
+        "current_time",
+        "end_call",
+        "transfer_call",
+    }
+    assert tools == [declaration for _, declaration in bridge.TOOLS.values()]
+    about = "The caller's number is +15551230000; they called +15557650000."
+    assert start == {
+        "type": "session.start",
+        "session": {
+            "model": "gpt-live-1.1",
+            "instructions": f"{bridge.DEFAULT_INSTRUCTIONS}\n{about}",
+            "audio": {
+                "format": {"type": "audio/pcmu", "rate": 8000},
+                "output": {"voice": "cedar"},
+            },
+            "delegation": {"type": "responses", "responses": {"model": "gpt-5.4-mini"}},
+            "input": [],
+        },
+    }
+    # Only once session.started has come (the fake refuses anything sooner).
+    greet = {"content": bridge.GREET, "delegation_id": None}
+    assert await session.next() == {"type": "session.commentary.append", **greet}
+    # Audio both ways, byte for byte; the agent's marked as on Realtime.
+    await twilio.speak("hello")
+    assert await session.next(skip_audio=False) == live_append("hello")
+    await live_say(session, "a1")
+    assert await twilio.receive() == media_for(twilio, "a1")
+    await live_say(session, "a2", ms=1000)
+    await expect(twilio, "media a2", "mark 1")
+
+
+@async_test(**LIVE, shorten={"KEYS_PAUSE": 0.05})
+async def test_on_live_a_key_is_thinking_and_nothing_is_cleared_or_cut(twilio, session):
+    await live_say(session, "a1", ms=1000)
+    await expect(twilio, "media a1", "mark 1")
+    await twilio.press("5")  # the model decides itself whether to stop
+    thinking = {"content": "The caller pressed 5 on the keypad.", "delegation_id": None}
+    assert await session.next() == {"type": "session.thinking.append", **thinking}
+    await live_say(session, "a2")
+    await expect(twilio, "media a2")  # no clear came before it
+
+
+@pytest.mark.parametrize(
+    "name, arguments, output",
+    [
+        (
+            "current_time",
+            '{"zone": "UTC"}',
+            datetime.datetime.now(datetime.UTC).strftime("%A"),
+        ),
+        ("nope", "{}", "error: there is no tool named 'nope'"),
+    ],
+    ids=["declared", "undeclared"],
+)
+@async_test(**LIVE)
+async def test_a_live_tool_call_comes_by_delegation_and_its_output_goes_back(
+    twilio, session, name, arguments, output
+):
+    text = {"type": "response.output_text.delta", "delta": "thinking"}
+    await live(session, type="response.event", event_id="e", event=text)  # no call
+    await live_tool(session, name, arguments)
+    created = await session.next()
+    assert created["type"] == "response.item.create"
+    item = created["item"]
+    assert item.pop("output").startswith(output)
+    assert item == {"type": "function_call_output", "call_id": "c1"}
+    assert await session.next() == {"type": "response.create"}
+
+
+@async_test(**LIVE, shorten={"GOODBYE_GRACE": 0})
+async def test_a_live_end_call_waits_for_the_goodbye_then_closes_the_session(
+    twilio, session
+):
+    await live_say(session, "bye", ms=500)
+    await live_tool(session, "end_call")
+    await expect(twilio, "media bye", "mark 1")  # its words end here
+    await live_say(session, "hum")  # GPT-Live's audio need not pause
+    await expect(twilio, "media hum")
+    await twilio.speak("still on")  # the goodbye not heard yet: the call is up
+    assert await session.audio_tags(1) == ["still on"]
+    await twilio.mark("1")
+    await twilio.wait_closed()
+    assert (await session.next())["type"] == "session.close"  # before the socket
+    await session.wait_closed()
+
+
+@async_test(**LIVE, transcript_dir=TMP, **REPORTING)
+async def test_live_transcripts_join_into_turns_logged_written_and_reported(
+    twilio, session, w, tmp_path, caplog
+):
+    await live_words(session, "input", "My name ", "is Ada.")
+    await live_words(session, "output", "Hello ", "Ada!")
+    await live_words(session, "input", "Bye.")  # ended by the call's end
+    usage = {"seconds": 42}
+    await live(
+        session,
+        type="session.usage.updated",
+        event_id="e",
+        usage_ratio=0.1,
+        usage=usage,
+    )
+    await twilio.hang_up()
+    await w.reported()
+    said = ["caller: My name is Ada.", "agent: Hello Ada!", "caller: Bye."]
+    assert [line for line in bridge_lines(caplog) if line.endswith(tuple(said))] == [
+        f"[{twilio.call_sid}] {line}" for line in said
+    ]
+    lines = (tmp_path / f"{twilio.call_sid}.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == [
+        "My name is Ada.",
+        "Hello Ada!",
+        "Bye.",
+    ]
+    assert "2 turns" in summary_of(caplog) and "42 s of GPT-Live" in summary_of(caplog)
+    report = report_file(tmp_path, twilio)
+    assert report["turns"] == 3
+    assert report["usage"] == {"model": "gpt-live-1.1", "seconds": 42}
+
+
+@async_test(**LIVE)
+async def test_an_expired_live_session_is_renewed_with_the_conversation_as_input(
+    twilio, session, w, caplog
+):
+    await live_words(session, "input", "Hi, I'm Ada.")
+    await live_words(session, "output", "Hello Ada!")
+    await live_closed(session, "expired", seconds=7200)
+    second = await w.live.session()
+    start = await second.next()
+    assert start["session"]["input"] == [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Hi, I'm Ada."}],
+        },
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello Ada!"}],
+        },
+    ]
+    await twilio.speak("after")  # no second greeting: the caller's audio comes next
+    assert await second.next(skip_audio=False) == live_append("after")
+    await live_closed(second, "remote_hangup", seconds=30)
+    await twilio.wait_closed()
+    assert "OpenAI closed the session (remote_hangup): hanging up" in caplog.text
+    await until(lambda: "call ended after" in caplog.text, "the summary")
+    assert "7230 s of GPT-Live" in summary_of(caplog)
+
+
+async def refused_at_start(w: World, session: Session) -> str:
+    return "OpenAI refused the session: capacity_exceeded: no room"
+
+
+@pytest.mark.parametrize(
+    "ending, said",
+    [
+        ("content", "OpenAI closed the session (content): hanging up"),
+        ("connection_lost", "OpenAI closed the session (connection_lost): hanging up"),
+        ("", "OpenAI closed the session (no session.closed): hanging up"),
+        ("refused", "OpenAI refused the session: capacity_exceeded: no room"),
+    ],
+    ids=["content", "connection-lost", "socket-dropped", "not-admitted"],
+)
+@async_test(**LIVE)
+async def test_a_live_session_that_ends_or_is_refused_ends_the_call_saying_why(
+    w, ending, said, caplog
+):
+    if ending == "refused":  # an error before session.started: no second try
+        no_room = {
+            "type": "server_error",
+            "code": "capacity_exceeded",
+            "message": "no room",
+        }
+        w.live.admission = [no_room]
+        twilio = await w.call()
+        await twilio.wait_closed()
+        assert len(w.live.sessions) == 1
+    else:
+        twilio, session = await w.answered_call()
+        if ending:
+            await live_closed(session, ending)
+        else:
+            await session.ws.close()
+        await twilio.wait_closed()
+    assert said in caplog.text
+
+
+@pytest.mark.parametrize("speaks", [True, False], ids=["speaks", "says-nothing"])
+@async_test(**LIVE, shorten={"CALLEE_FIRST": 0.2})
+async def test_on_a_live_call_we_placed_the_callee_speaks_first_or_is_greeted_later(
+    w, speaks
+):
+    twilio = await w.call(start=False)
+    await twilio.start(PLACED)
+    session = await w.live.session()
+    assert (await session.next())["type"] == "session.start"
+    if not speaks:
+        assert (await session.next())["type"] == "session.commentary.append"
+        return await call_goes_on(twilio, session)
+    await live_words(session, "input", "Hello?")  # the sign: their words transcribed
+    await twilio.speak("hello")
+    assert await session.audio_tags(1) == ["hello"]
+    greeting = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
+    await until(lambda: all(t.done() for t in greeting), "past CALLEE_FIRST")
+    assert all(e["type"] != "session.commentary.append" for e in session.drained())
+
+
+@async_test(**LIVE, **REST, **VOICEMAIL)
+async def test_a_live_voicemail_is_left_as_commentary(w):
+    twilio = await voicemail_stream(w)
+    session = await w.live.session()
+    start = await session.next()
+    assert "You reached voicemail" in start["session"]["instructions"]
+    commentary = await session.next()
+    assert commentary["type"] == "session.commentary.append"
+    assert 'word for word: "Hi, Acme here.\nCall 555-0100."' in commentary["content"]
+    await twilio.speak("beep")
+    assert await session.audio_tags(1) == ["beep"]
+
+
+@async_test(**LIVE, language="en", turn_detection="semantic_vad")
+async def test_live_asks_about_its_backend_model_and_warns_of_realtime_settings(w):
+    await until(lambda: not checking(), "the start-up check")
+    assert w.models.asked == ["gpt-live-1.1", "gpt-5.4-mini"]  # no transcriber
+    env = {"LANGUAGE": "en", "TURN_DETECTION": "semantic_vad", "VOICE": "cedar"}
+    assert bridge.unused_settings(w.state.config, env) == [
+        "TURN_DETECTION, LANGUAGE: not used by gpt-live-1.1: ignored"
+    ]
+    realtime = bridge.Config(language="en")
+    assert bridge.unused_settings(realtime, env) == []
 
 
 # ---------------------------------------------------------------------------
