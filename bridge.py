@@ -2249,7 +2249,11 @@ def main() -> None:
         return print(USAGE)
     if sys.argv[1:]:  # a typo must not start a server
         sys.exit(USAGE)
-    asyncio.run(serve(create_app()))
+    # Not asyncio.run(): at its end it waits for every task still left, and your code
+    # may ignore the cancel that run_bounded() gave up on.
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(serve(create_app()))
+    loop.close()
 
 
 # ----------------------------------------------------------------------------
@@ -2479,7 +2483,21 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
 async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT."""
     if inspect.iscoroutinefunction(function):
-        return await asyncio.wait_for(function(*args, **kwargs), TOOL_TIMEOUT)
+        work = asyncio.ensure_future(function(*args, **kwargs))
+    else:
+        work = asyncio.wrap_future(in_thread(function, *args, **kwargs))
+    try:
+        done, _ = await asyncio.wait([work], timeout=TOOL_TIMEOUT)
+    finally:  # given up on, and never waited for (wait_for would): code that
+        work.cancel()  # ignores a cancel must hold up neither its call nor the exit
+    if not done:
+        raise TimeoutError()
+    return work.result()
+
+
+def in_thread(
+    function: Callable, *args: Any, **kwargs: Any
+) -> concurrent.futures.Future:
     # A plain function runs in a daemon thread of its own, so that it cannot block
     # the calls. Not asyncio.to_thread's: those are the threads DNS lookups need, and
     # one that never returns would hold one for good, and the process at exit. Here
@@ -2494,7 +2512,7 @@ async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
                 result.set_exception(exc)
 
     threading.Thread(target=work, daemon=True).start()
-    return await asyncio.wait_for(asyncio.wrap_future(result), TOOL_TIMEOUT)
+    return result
 
 
 # ----------------------------------------------------------------------------

@@ -3801,18 +3801,26 @@ async def test_the_open_files_limit_is_raised_and_running_out_is_a_few_lines():
 
 
 HANGING_TOOL = """
-import threading, bridge
+import asyncio, threading, bridge
 @bridge.tool("Never returns.", dict(type="object"))  # (no braces: {port})
 def hang():
     threading.Event().wait()
+async def stubborn(report):  # ignores every cancel
+    while True:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass
+bridge.after_call = stubborn
 bridge.CLOSE_TIMEOUT = 0.2  # 2 s: the test's sockets never answer the last close
+bridge.TOOL_TIMEOUT = 0.5
 bridge.main()
 """
 
 
 @async_test
-async def test_plain_tools_that_never_return_cannot_starve_the_process():
-    async with running_bridge("-c", HANGING_TOOL) as proc:
+async def test_user_code_that_never_returns_cannot_starve_the_process_or_its_exit():
+    async with running_bridge("-c", HANGING_TOOL, REPORT_MODEL="m") as proc:
         for i in range(10):  # more than the default executor's threads
             twilio, session = await proc.answered_call(i)
             await call_tool(session, "hang", "{}")
