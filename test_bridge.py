@@ -3586,7 +3586,7 @@ async def test_two_gunicorn_workers_each_carry_calls_and_only_a_streams_greets()
         assert await workers.exit_code() == 0
 
 
-@pytest.mark.parametrize("how", ["sigterm", "max-requests", "its-master-dies"])
+@pytest.mark.parametrize("how", ["sigterm", "hup", "max-requests", "its-master-dies"])
 @async_test
 async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
     more = ("--max-requests", "4") if how == "max-requests" else ()
@@ -3594,6 +3594,8 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
         twilio, session = await workers.answered_call(1)
         if how == "sigterm":
             workers.signal(signal.SIGTERM)
+        elif how == "hup":  # a reload: a new worker, and the old one retired
+            workers.signal(signal.SIGHUP)
         elif how == "max-requests":
             for _ in range(4):  # past --max-requests: gunicorn retires the worker
                 await workers.health()
@@ -3606,13 +3608,20 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
         assert await session.audio_tags(25) == [f"f{i}" for i in range(25)]
         await say(session, "item_A", "a1")  # the agent still reaches the caller
         await expect(twilio, "media a1")
-        if how != "max-requests":  # (its successor takes new calls)
-            # Twilio tries the number's fallback URL.
+        if how in ("sigterm", "its-master-dies"):  # Twilio tries the fallback URL
             assert await workers.post("/incoming", {"CallSid": sid("CA", 2)}) == 503
             assert (await workers.health())[0] == 503
+        elif how == "hup":  # the new worker takes new calls meanwhile (either may)
+            answers = [
+                await workers.post("/incoming", {"CallSid": sid("CA", n)})
+                for n in range(2, 12)
+            ]
+            assert 200 in answers
         await twilio.hang_up()  # the caller hangs up: it ends now
         await session.wait_closed()
         await workers.logged("all calls ended")
+        if how == "hup":  # its successor's early sessions hang up at once
+            workers.signal(signal.SIGINT)
         if how == "max-requests":
             workers.signal(signal.SIGTERM)
         if how != "its-master-dies":
