@@ -137,7 +137,7 @@ class Config:
     max_calls: int = setting(300, range(1, 100001))
     # Busier than this (% of a core, over LOAD_WINDOW), new calls hear busy: the
     # calls on the line keep their latency. 0: never.
-    max_load_percent: int = setting(70, range(101))
+    max_load_percent: int = setting(60, range(101))
     # Greet while the stream connects; false: once it has (several instances).
     greet_early: bool = setting(True, "1|true|0|false")
     # What the agent says to a voicemail of a call it placed; unset: its own words.
