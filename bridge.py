@@ -287,7 +287,7 @@ LOAD_WINDOW = 2.0  # seconds the load is averaged over
 LOG_QUEUE = 10_000
 LOG_FLUSH = 2.0
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"  # pid: the worker
-# A session that "expires" long before OpenAI's hour is failing: after a few such
+# A session that "expires" long before its time limit is failing: after a few such
 # renewals in a row the call ends, rather than open sessions in a loop.
 SESSION_FLOOR = 300.0  # seconds: a session that expires sooner expired early
 EARLY_EXPIRIES = 3  # early expiries in a row that end the call
@@ -917,7 +917,8 @@ class Call:
         greeted = opened and self.config.greet_early and self.kind != "outbound"
         if greeted:
             await self.greet()
-        await asyncio.wait([self.stream], timeout=STREAM_WAIT)
+        waited = time.monotonic() - self.began  # from the webhook, as the proof's
+        await asyncio.wait([self.stream], timeout=STREAM_WAIT - waited)
         if not self.streaming:
             self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
             return False
@@ -1118,9 +1119,9 @@ class Call:
             return  # the reply had played to its end: nothing to cut
         self.barge_ins += 1
         await self.send_twilio("clear")
-        for reply, end_ms in cuts.items():
-            await self.model.cut(reply, end_ms)
-            self.log.info("barge-in: %s cut at %d ms", reply, end_ms)
+        for reply, heard_ms in cuts.items():
+            await self.model.cut(reply, heard_ms)
+            self.log.info("barge-in: %s cut at %d ms", reply, heard_ms)
 
     # -- From the model: its voice (above), the caller's turns, tools ----------
 
@@ -1285,7 +1286,7 @@ class Call:
 # caller started or stopped talking, a turn's text, a tool call, an error.
 
 
-def session_update(config: Config, instructions: str, turns: bool = True) -> dict:
+def session_update(config: Config, instructions: str, voicemail: bool) -> dict:
     """The first event of every Realtime session: mu-law both ways, turn detection
     (none for a voicemail: a machine's noise must not cut the message short)."""
     noise = config.noise_reduction
@@ -1297,7 +1298,7 @@ def session_update(config: Config, instructions: str, turns: bool = True) -> dic
             "audio": {
                 "input": {
                     "format": {"type": "audio/pcmu"},
-                    "turn_detection": turn_detection(config) if turns else None,
+                    "turn_detection": None if voicemail else turn_detection(config),
                     "noise_reduction": None if noise == "off" else {"type": noise},
                     "transcription": transcription(config),
                 },
@@ -1458,8 +1459,9 @@ class Realtime(ModelSession):
         ):
             return False
         self.responding = False  # a new session has no response yet
-        turns = call.kind != "voicemail"
-        await call.send(self.socket, session_update(config, call.instructions, turns))
+        voicemail = call.kind == "voicemail"
+        update = session_update(config, call.instructions, voicemail)
+        await call.send(self.socket, update)
         for role, text in call.turns[-REPLAY_TURNS:]:
             await call.send(self.socket, message_item(role, text))
         await self.begin()
@@ -1476,9 +1478,9 @@ class Realtime(ModelSession):
     async def respond(self) -> None:
         await self.send({"type": "response.create"})
 
-    async def cut(self, reply: str, end_ms: int) -> None:
-        """The caller heard `reply` up to `end_ms`: the model forgets the rest."""
-        truncate = {"item_id": reply, "content_index": 0, "audio_end_ms": end_ms}
+    async def cut(self, reply: str, heard_ms: int) -> None:
+        """The caller heard `reply` up to `heard_ms`: the model forgets the rest."""
+        truncate = {"item_id": reply, "content_index": 0, "audio_end_ms": heard_ms}
         await self.send({"type": "conversation.item.truncate", **truncate})
 
     async def caller_text(self, text: str) -> None:
@@ -1556,11 +1558,10 @@ class Realtime(ModelSession):
 # call. It hands tools to a backend Responses model (LIVE_BACKEND_MODEL), whose
 # events come wrapped in response.event; its transcripts are deltas, with no turns.
 
-LIVE_HISTORY = 128  # messages a session.start's `input` may hold
 GREET = "Greet the caller now, as your instructions say."
 
 
-def session_start(config: Config, instructions: str, turns: list) -> dict:
+def session_start(config: Config, instructions: str, turns: list[tuple]) -> dict:
     """The first event of every GPT-Live session, and the only one before
     session.started. Twilio's mu-law passes untouched both ways."""
     tools = [declaration for _, declaration in tools_for(config).values()]
@@ -1578,7 +1579,7 @@ def session_start(config: Config, instructions: str, turns: list) -> dict:
                 "type": "responses",
                 "responses": {"model": config.live_backend_model, "tools": tools},
             },
-            "input": history[-LIVE_HISTORY:],  # a renewed session's memory
+            "input": history[-REPLAY_TURNS:],  # a renewed session's (128 at most)
         },
     }
 
@@ -1666,9 +1667,9 @@ class Live(ModelSession):
             await call.play("live", *text_of(event, "delta"))
         elif event_type == "session.input_transcript.delta":
             call.callee_spoke = True
-            self.heard("user", *text_of(event, "delta"))
+            self.transcript("user", *text_of(event, "delta"))
         elif event_type == "session.output_transcript.delta":
-            self.heard("assistant", *text_of(event, "delta"))
+            self.transcript("assistant", *text_of(event, "delta"))
         elif event_type == "response.event":
             self.on_backend_event(event["event"])
         elif event_type == "session.usage.updated":
@@ -1678,7 +1679,7 @@ class Live(ModelSession):
         elif event_type == "error":
             self.call.log.warning("OpenAI error %s", error_text(event["error"]))
 
-    def heard(self, speaker: str, delta: str) -> None:
+    def transcript(self, speaker: str, delta: str) -> None:
         """Transcript deltas join into turns: one ends when the other side speaks."""
         if speaker != self.speaker:
             self.end_turn()
