@@ -41,7 +41,6 @@ import ipaddress
 import json
 import logging
 import logging.handlers
-import math
 import os
 import queue
 import random
@@ -280,6 +279,7 @@ MAX_PIECE = 10_668  # base64 characters
 KEYS_PAUSE = 1.0  # seconds after the last key that end a burst
 MAX_KEYS = 64  # keys of one burst the model hears; more are dropped
 MAX_TOOL_OUTPUT = 16 * 1024  # characters of a tool's output the model is given
+MAX_TURN = 20_000  # characters of a GPT-Live turn kept: its deltas need never end
 LOAD_EVERY = 0.5  # seconds between two looks at how busy the process is
 LOAD_WINDOW = 2.0  # seconds the load is averaged over
 # The log: lines wait for the writer's thread in a queue of LOG_QUEUE at most (more
@@ -481,12 +481,17 @@ def twiml(text: str) -> web.Response:
 
 async def signed_form(request: web.Request) -> dict[str, str]:
     """A webhook's form fields, once its body has come, well formed and signed."""
+    # Twilio posts only URL-encoded forms; a multipart one costs ten times more to
+    # parse, and its signature is checked only after.
+    if request.content_type != "application/x-www-form-urlencoded":
+        why = "not a form Twilio sends: %s"
+        raise refuse(request, web.HTTPUnsupportedMediaType, why, request.content_type)
     try:  # aiohttp would wait for a body that never ends
         async with asyncio.timeout(BODY_TIMEOUT):
             form = dict(await request.post())
     except TimeoutError:
         raise refuse(request, web.HTTPRequestTimeout, "no body in time") from None
-    except Exception as exc:  # charset=foo, bad UTF-8 or compression, odd multipart
+    except Exception as exc:  # charset=foo, bad UTF-8 or compression
         raise refuse(request, web.HTTPBadRequest, "malformed body: %s", exc) from None
     check_signature(request, public_base(request) + request.raw_path, form)
     account = request.app[STATE].config.twilio_account_sid
@@ -935,13 +940,13 @@ class Call:
         return opened  # if not, the caller is hung up at once
 
     def ended(self) -> None:
-        """Sum the call up, forget it, and begin its report (after the hang-up)."""
+        """Forget the call, sum it up, and begin its report (after the hang-up)."""
+        if self.state.calls.get(self.call_sid) is self:  # not its successor
+            del self.state.calls[self.call_sid]
         if self.streaming:
             self.log.info(self.summary())
         else:  # the stream may have reached another process, which sums it up
             self.log.info("the webhook's session ended unused: no stream came here")
-        if self.state.calls.get(self.call_sid) is self:  # not its successor
-            del self.state.calls[self.call_sid]
         if self.config.report_model and self.streaming:
             report = asyncio.create_task(report_on(self))
             self.state.reports.add(report)  # a drain waits for it
@@ -1360,7 +1365,8 @@ def add_usage(total: dict, usage: object) -> None:
 
 def error_text(error: object) -> str:
     """An OpenAI `error` event's code and message, for a log line."""
-    error = error if isinstance(error, dict) else {}
+    if not isinstance(error, dict):
+        return printable(error)
     return f"{printable(error.get('code'))}: {printable(error.get('message'), 300)}"
 
 
@@ -1684,7 +1690,7 @@ class Live(ModelSession):
         if speaker != self.speaker:
             self.end_turn()
             self.speaker = speaker
-        self.words += delta
+        self.words += delta[: MAX_TURN - len(self.words)]  # it may never end
 
     def end_turn(self) -> None:
         words = self.words.strip()
@@ -1705,7 +1711,7 @@ class Live(ModelSession):
     def add_seconds(self, seconds: object) -> None:
         """The session's billed seconds so far (each event says the whole, not a
         part): the call's are its sessions' sum."""
-        if type(seconds) in (int, float) and 0 <= seconds < math.inf:
+        if type(seconds) in (int, float) and 0 <= seconds <= 86_400:  # a day at most
             self.usage["seconds"] = self.billed + seconds
 
     async def on_closed(self, event: dict) -> None:
@@ -2250,11 +2256,13 @@ def main() -> None:
         return print(USAGE)
     if sys.argv[1:]:  # a typo must not start a server
         sys.exit(USAGE)
-    # Not asyncio.run(): at its end it waits for every task still left, and your code
-    # may ignore the cancel that run_bounded() gave up on.
+    # Not asyncio.run(), nor Python's own exit: they wait for every task and thread
+    # still left, and what is left now is what nothing may wait for: your code that
+    # run_bounded() gave up on, and a log writer stuck on a reader that stalled.
     loop = asyncio.new_event_loop()
     loop.run_until_complete(serve(create_app()))
-    loop.close()
+    flush_log()
+    os._exit(0)
 
 
 # ----------------------------------------------------------------------------
@@ -2511,6 +2519,8 @@ def in_thread(
                 result.set_result(function(*args, **kwargs))
             except Exception as exc:
                 result.set_exception(exc)
+            except BaseException as exc:  # sys.exit() in a tool ends only the tool
+                result.set_exception(RuntimeError(f"it raised {exc!r}"))
 
     threading.Thread(target=work, daemon=True).start()
     return result

@@ -1113,6 +1113,10 @@ def huge() -> str:
     return "x" * 2_000_000
 
 
+def quits() -> None:
+    sys.exit(3)
+
+
 CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPUT} "
 
 
@@ -1128,17 +1132,18 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
         ("current_time", '{"zone": "Mars/Base"}', "error: current_time failed"),
         ("broken", "{}", "error: broken failed: RuntimeError: database is down"),
         ("slow", "{}", "error: slow took longer than 0.2 s"),  # TOOL_TIMEOUT
+        ("quits", "{}", "error: quits failed: RuntimeError: it raised SystemExit(3)"),
     ],
     ids=(
         "async-returns-data huge-output unknown undeclared "
-        "bad-json tool-raises async-raises too-slow"
+        "bad-json tool-raises async-raises too-slow quits"
     ).split(),
 )
 @async_test(shorten={"TOOL_TIMEOUT": 0.2})
 async def test_a_tools_output_or_failure_is_told_to_the_model_and_the_call_goes_on(
     w, name, arguments, expected, monkeypatch, caplog
 ):
-    for tool in (lookup, broken, slow, huge):
+    for tool in (lookup, broken, slow, huge, quits):
         monkeypatch.setitem(bridge.TOOLS, tool.__name__, (tool, {}))
     twilio, session = await w.answered_call()
     await call_tool(session, name, arguments)
@@ -1405,11 +1410,20 @@ DOOR = {
     ),
     "unknown-charset": malformed(URLENCODED + "; charset=foo", b"CallSid=x"),
     "bad-utf-8": malformed(URLENCODED, b"CallSid=\xff\xfe"),
-    "broken-multipart": malformed(MULTIPART + "; boundary=xx", b"--xx\r\nbroken"),
-    "no-boundary": malformed(MULTIPART, b"--xx\r\n"),
-    "odd-cte": malformed(
-        MULTIPART + "; boundary=xx",
-        b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n" + CTE,
+    # Twilio posts URL-encoded forms only: a multipart one, costly to parse, is
+    # refused before its body is read.
+    "multipart": knock(
+        415,
+        FROM_US + "not a form Twilio sends: multipart/form-data",
+        DEV_BOX,
+        headers=typed(MULTIPART + "; boundary=xx"),
+        body=b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n" + CTE,
+    ),
+    "no-type": knock(
+        415,
+        "not a form Twilio sends: application/octet-stream",
+        DEV_BOX,
+        body=b"CallSid=x",
     ),
     "not-deflate": malformed(
         URLENCODED, b"not deflate", **{"Content-Encoding": "deflate"}
@@ -3024,6 +3038,10 @@ async def test_live_transcripts_join_into_turns_logged_written_and_reported(
         usage_ratio=0.1,
         usage=usage,
     )
+    hostile = {"type": "session.usage.updated", "event_id": "e", "usage_ratio": 0}
+    await session.send(**hostile, usage={"seconds": 10**400})  # ignored: no day's
+    await live_say(session, "a1")  # once this comes, that was read
+    await expect(twilio, "media a1")
     await twilio.hang_up()
     await w.reported()
     said = ["caller: My name is Ada.", "agent: Hello Ada!", "caller: Bye."]
@@ -3040,6 +3058,14 @@ async def test_live_transcripts_join_into_turns_logged_written_and_reported(
     report = report_file(tmp_path, twilio)
     assert report["turns"] == 3
     assert report["usage"] == {"model": "gpt-live-1.1", "seconds": 42}
+
+
+@async_test(**LIVE, shorten={"MAX_TURN": 8})
+async def test_a_live_turn_keeps_max_turn_characters(twilio, session, caplog):
+    await live_words(session, "input", "12345", "67890", "abc")  # no end
+    await live_words(session, "output", "Hm.")  # the caller's turn is over
+    await logged(caplog, "caller: 12345678")
+    assert "123456789" not in caplog.text
 
 
 @async_test(**LIVE)
@@ -4072,6 +4098,16 @@ async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
         assert "log lines dropped: the log's reader was too slow" in line
         await twilio.hang_up()
         await proc.logged("call ended after")
+        proc.reading.clear()  # stalled again, at the exit
+        twilio, session = await proc.answered_call(2)
+        for i in range(2000):  # more than the pipe and our buffer hold
+            await transcribed(session, "user", f"{i} " + "x" * 1000)
+        await call_goes_on(twilio, session)
+        proc.signal(signal.SIGTERM)  # it exits without waiting for the reader
+        # (proc.wait() would wait for the log's end too)
+        await until(lambda: proc.child.returncode is not None, "the exit, log unread")
+        assert proc.child.returncode == 0
+        proc.reading.set()
 
 
 LIVE_KEY = "sk-live-0123456789abcdef0123456789abcdef"
