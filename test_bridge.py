@@ -4082,7 +4082,10 @@ async def test_malformed_http_is_one_short_line_not_a_traceback_each(w, caplog):
     assert len(lines) < 10
 
 
-SMALL_LOG = ("-c", "import bridge; bridge.LOG_QUEUE = 50; bridge.main()")
+SMALL_LOG = (
+    "-c",
+    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()",
+)
 
 
 @async_test
