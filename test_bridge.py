@@ -3043,6 +3043,8 @@ async def test_live_transcripts_join_into_turns_logged_written_and_reported(
     await live_say(session, "a1")  # once this comes, that was read
     await expect(twilio, "media a1")
     await twilio.hang_up()
+    assert await session.next() == {"type": "session.close"}  # then the socket
+    await session.wait_closed()
     await w.reported()
     said = ["caller: My name is Ada.", "agent: Hello Ada!", "caller: Bye."]
     assert [line for line in bridge_lines(caplog) if line.endswith(tuple(said))] == [
