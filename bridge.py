@@ -1585,7 +1585,7 @@ def session_start(config: Config, instructions: str, turns: list[tuple]) -> dict
                 "type": "responses",
                 "responses": {"model": config.live_backend_model, "tools": tools},
             },
-            "input": history[-REPLAY_TURNS:],  # a renewed session's (128 at most)
+            "input": history[-REPLAY_TURNS:],  # a renewal's memory (128 at most)
         },
     }
 
@@ -1716,10 +1716,10 @@ class Live(ModelSession):
 
     async def on_closed(self, event: dict) -> None:
         """The session's last event: why it ended, and what it billed in all."""
-        reason = self.reason = printable(event["reason"])
+        self.reason = printable(event["reason"])
         self.add_seconds(event["usage"]["seconds"])
         self.billed = self.usage["seconds"]
-        if reason == "expired":  # about two hours: a new session takes over
+        if self.reason == "expired":  # about two hours: a new session takes over
             self.call.log.info("the session reached its time limit: renewing it")
             self.end_turn()  # for the new session's `input`
             self.ready = False
