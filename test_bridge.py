@@ -2803,28 +2803,6 @@ async def test_a_caller_who_hangs_up_before_the_greeting_is_heard_leaves_nothing
 PLACED = {"To": "+15551234567", "Direction": "outbound-api"}
 
 
-@pytest.mark.parametrize("speaks", [True, False], ids=["speaks", "says-nothing"])
-@async_test(shorten={"CALLEE_FIRST": 0.2})
-async def test_on_a_call_we_placed_the_callee_speaks_first_or_is_greeted_later(
-    w, speaks
-):
-    twilio = await w.call(start=False)
-    await twilio.start(PLACED)
-    session = await w.openai.session()
-    assert (await session.next())["type"] == "session.update"
-    if not speaks:
-        await twilio.speak("silence")
-        assert await session.next(skip_audio=False) == append("silence")  # not greeted
-        assert await session.next() == {"type": "response.create"}  # yet
-        return await call_goes_on(twilio, session)
-    await speech_started(session)  # "Hello?": the model answers on its own
-    await twilio.speak("hello")
-    assert await session.audio_tags(1) == ["hello"]
-    greeting = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
-    await until(lambda: all(t.done() for t in greeting), "past CALLEE_FIRST")
-    assert all(e["type"] != "response.create" for e in session.drained())
-
-
 async def voicemail_stream(w: World, answered_by: str = "machine_end_beep"):
     """The stream Twilio opens for call 1 once /amd has redirected it."""
     twilio = await w.call(start=False)  # call 1: a number placed, then redirected
@@ -3138,24 +3116,43 @@ async def test_a_live_session_that_ends_or_is_refused_ends_the_call_saying_why(
     assert said in caplog.text
 
 
+async def hello(session: Session) -> None:
+    """The person we called says "Hello?": as each API tells the bridge so."""
+    if session.audio == "session.input_audio.append":  # GPT-Live: their words
+        await live_words(session, "input", "Hello?")
+    else:  # Realtime: their speech; the model answers on its own
+        await speech_started(session)
+
+
 @pytest.mark.parametrize("speaks", [True, False], ids=["speaks", "says-nothing"])
-@async_test(**LIVE, shorten={"CALLEE_FIRST": 0.2})
-async def test_on_a_live_call_we_placed_the_callee_speaks_first_or_is_greeted_later(
-    w, speaks
+@pytest.mark.parametrize(
+    "config, first, greeting",
+    [
+        ({}, "session.update", "response.create"),
+        (LIVE, "session.start", "session.commentary.append"),
+    ],
+    ids=["realtime", "live"],
+)
+@async_test(shorten={"CALLEE_FIRST": 0.2})
+async def test_on_a_call_we_placed_the_callee_speaks_first_or_is_greeted_later(
+    w, config, first, greeting, speaks
 ):
     twilio = await w.call(start=False)
     await twilio.start(PLACED)
-    session = await w.live.session()
-    assert (await session.next())["type"] == "session.start"
+    session = await (w.live if w.state.config.live else w.openai).session()
+    assert (await session.next())["type"] == first
     if not speaks:
-        assert (await session.next())["type"] == "session.commentary.append"
+        await twilio.speak("silence")
+        silence = {"type": session.audio, "audio": audio("silence", 160)}
+        assert await session.next(skip_audio=False) == silence  # not greeted
+        assert (await session.next())["type"] == greeting  # yet
         return await call_goes_on(twilio, session)
-    await live_words(session, "input", "Hello?")  # the sign: their words transcribed
+    await hello(session)
     await twilio.speak("hello")
     assert await session.audio_tags(1) == ["hello"]
-    greeting = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
-    await until(lambda: all(t.done() for t in greeting), "past CALLEE_FIRST")
-    assert all(e["type"] != "session.commentary.append" for e in session.drained())
+    greets = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
+    await until(lambda: all(t.done() for t in greets), "past CALLEE_FIRST")
+    assert all(e["type"] != greeting for e in session.drained())
 
 
 @async_test(**LIVE, **REST, **VOICEMAIL)
