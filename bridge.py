@@ -232,7 +232,9 @@ def unknown_settings(env: Mapping[str, str]) -> list[str]:
     return lines
 
 
-MAX_TWILIO_MESSAGE = 64 * 1024  # Twilio's frames are ~300 bytes, `start` a few KB
+# What Twilio sends at most: its frames are ~300 bytes; `start` and a webhook's form,
+# a few KB.
+MAX_TWILIO_MESSAGE = 64 * 1024
 BEFORE_START = 20  # messages a stream may send before `start` (Twilio: `connected`)
 MAX_OPENAI_MESSAGE = 16 * 1024 * 1024  # a long transcript can pass aiohttp's 4 MiB
 CONNECT_TIMEOUT = 10.0  # seconds for the OpenAI handshake, and for Twilio's `start`
@@ -263,10 +265,12 @@ REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
 PREFLIGHT_TIMEOUT = 5.0  # seconds for the Models API's answers at start-up, in all
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
-# A renewed session is told the last REPLAY_TURNS turns: recent turns hold what
-# matters (names, what was agreed), and every replayed word is paid for again as
-# input on each later response.
+# A renewed session is told the last REPLAY_TURNS turns, REPLAY_CHARACTERS of text
+# at most: recent turns hold what matters (names, what was agreed), every replayed
+# word is paid for again as input on each later response, and GPT-Live's `input`
+# holds about 8,192 tokens (of about 4 characters).
 REPLAY_TURNS = 40
+REPLAY_CHARACTERS = 24_000
 CALLEE_FIRST = 2.0  # seconds the agent waits for the person it called to speak first
 # Agent audio gets a mark every MARK_EVERY_MS and at the end of each reply, not
 # after every delta: between marks the stream clock says how far playback got,
@@ -481,11 +485,14 @@ def twiml(text: str) -> web.Response:
 
 async def signed_form(request: web.Request) -> dict[str, str]:
     """A webhook's form fields, once its body has come, well formed and signed."""
-    # Twilio posts only URL-encoded forms; a multipart one costs ten times more to
-    # parse, and its signature is checked only after.
-    if request.content_type != "application/x-www-form-urlencoded":
+    # Twilio posts only URL-encoded forms, never compressed: a multipart one costs
+    # ten times more to parse, and a small gzip'd one inflates to a megabyte, both
+    # before the signature is checked.
+    encodings = request.headers.getall("Content-Encoding", [])
+    sent = " ".join([request.content_type, *encodings])
+    if sent != "application/x-www-form-urlencoded":
         why = "not a form Twilio sends: %s"
-        raise refuse(request, web.HTTPUnsupportedMediaType, why, request.content_type)
+        raise refuse(request, web.HTTPUnsupportedMediaType, why, sent)
     try:  # aiohttp would wait for a body that never ends
         async with asyncio.timeout(BODY_TIMEOUT):
             form = dict(await request.post())
@@ -884,6 +891,8 @@ class Call:
         self.barge_ins = 0
         self.transferred = False  # a call is transferred once at most
         self.happened: dict[str, str] = {}  # transferred, recorded: for its report
+        # A tool's call_id -> the session that asked: a renewed one knows no call_id.
+        self.asked: dict[str, Any] = {}
 
     @property
     def streaming(self) -> bool:
@@ -918,7 +927,10 @@ class Call:
         # while Twilio fetches the TwiML and opens the stream. Greeting audio that
         # comes before the stream waits in the OpenAI socket (aiohttp stops reading
         # at its buffer's limit), so it plays, and counts as played, from `start`.
-        opened = await self.model.open()
+        # GPT-Live bills a session from its start: without GREET_EARLY (several
+        # workers), only the process that gets the stream opens one.
+        early = self.config.greet_early or not self.config.live
+        opened = early and await self.model.open()
         greeted = opened and self.config.greet_early and self.kind != "outbound"
         if greeted:
             await self.greet()
@@ -1142,7 +1154,7 @@ class Call:
             if not await self.model.open():
                 return
             ms = (time.monotonic() - began) * 1000
-            turns = min(len(self.turns), REPLAY_TURNS)
+            turns = len(replayed(self.turns))
             self.log.info("session renewed in %.0f ms, turns replayed: %d", ms, turns)
 
     def on_caller_silence(self) -> None:
@@ -1152,6 +1164,7 @@ class Call:
 
     def on_tool_call(self, name: str, call_id: str, arguments: str) -> None:
         self.log.info("the model calls %s(%s)", printable(name), printable(arguments))
+        self.asked[call_id] = self.model.socket  # the session that waits for it
         if name not in tools_for(self.config):  # never run what was not declared
             error = f"error: there is no tool named {name!r}"
             self.start(self.tool_output(call_id, error))
@@ -1175,6 +1188,10 @@ class Call:
 
     async def tool_output(self, call_id: str, output: str) -> None:
         """Give the model a function call's output, and let it speak again."""
+        asked = self.asked.pop(call_id, None)
+        if not (asked is self.model.socket and self.model.ready):  # a new session
+            self.log.warning("a tool's output dropped: its session has ended")
+            return
         if output.startswith("error:"):
             self.log.warning("tool %s", printable(output, 300))
         output = masked(output)  # a tool's error may hold a secret; the model speaks
@@ -1335,6 +1352,18 @@ def transcription(config: Config) -> dict:
     return {"model": config.transcribe_model, **languages, **keywords}
 
 
+def replayed(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The turns a renewed session is told: the newest that fit the bounds."""
+    kept: list[tuple[str, str]] = []
+    size = 0
+    for role, text in reversed(turns[-REPLAY_TURNS:]):
+        size += len(text)
+        if size > REPLAY_CHARACTERS:
+            break
+        kept.insert(0, (role, text))
+    return kept
+
+
 def message_item(role: str, text: str) -> dict:
     """A text turn for the conversation: keypad presses, replayed history."""
     content = {"type": "input_text" if role == "user" else "output_text", "text": text}
@@ -1468,7 +1497,7 @@ class Realtime(ModelSession):
         voicemail = call.kind == "voicemail"
         update = session_update(config, call.instructions, voicemail)
         await call.send(self.socket, update)
-        for role, text in call.turns[-REPLAY_TURNS:]:
+        for role, text in replayed(call.turns):
             await call.send(self.socket, message_item(role, text))
         await self.begin()
         return True
@@ -1571,7 +1600,7 @@ def session_start(config: Config, instructions: str, turns: list[tuple]) -> dict
     """The first event of every GPT-Live session, and the only one before
     session.started. Twilio's mu-law passes untouched both ways."""
     tools = [declaration for _, declaration in tools_for(config).values()]
-    history = [message_item(role, text)["item"] for role, text in turns]
+    history = [message_item(role, text)["item"] for role, text in replayed(turns)]
     return {
         "type": "session.start",
         "session": {
@@ -1585,7 +1614,7 @@ def session_start(config: Config, instructions: str, turns: list[tuple]) -> dict
                 "type": "responses",
                 "responses": {"model": config.live_backend_model, "tools": tools},
             },
-            "input": history[-REPLAY_TURNS:],  # a renewal's memory (128 at most)
+            "input": history,  # a renewal's memory
         },
     }
 
@@ -1657,13 +1686,23 @@ class Live(ModelSession):
         await self.send({"type": "response.create"})  # the backend goes on
 
     async def close(self) -> None:
-        """Our side ends the call: session.close first, so OpenAI finalizes it."""
+        """Our side ends the call: session.close first, so OpenAI finalizes it, and
+        its session.closed says what the session billed in all."""
         self.end_turn()
         if self.ready and not self.socket.closed:
             with contextlib.suppress(OSError):  # reset, or TimeoutError (an OSError)
                 async with asyncio.timeout(CLOSE_TIMEOUT):  # a peer not reading
                     await self.socket.send_str(json.dumps({"type": "session.close"}))
+                    async for msg in self.socket:
+                        if await self.call.handle(msg, "OpenAI", "type", self.last):
+                            break
         await super().close()
+
+    async def last(self, event: dict) -> bool:
+        """True for session.closed, the last event, with the session's usage."""
+        if event["type"] == "session.closed":
+            self.add_seconds(event["usage"]["seconds"])
+        return event["type"] == "session.closed"
 
     # What the model tells the call.
 
@@ -1887,7 +1926,9 @@ def make_app(config: Config) -> web.Application:
         lingering_time=0, keepalive_timeout=BODY_TIMEOUT, logger=state.refusals
     )
     app = web.Application(
-        middlewares=[local_unless_signed, log_wrong_requests], handler_args=server
+        middlewares=[local_unless_signed, log_wrong_requests],
+        handler_args=server,
+        client_max_size=MAX_TWILIO_MESSAGE,  # a webhook's form
     )
     app[STATE] = state
     app.cleanup_ctx.append(beside_the_calls)

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import gzip
 import inspect
 import itertools
 import json
@@ -161,6 +162,7 @@ class Session:
         self.query = request.query
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.started = False  # GPT-Live: session.started was sent
+        self.seconds = 0  # GPT-Live: billed, as its session.closed will say
         self.closed = asyncio.Event()
         self.reading = asyncio.Event()  # cleared: the fake stops reading, as a
         self.reading.set()  # stuck server would, and TCP pushes back on the bridge
@@ -278,6 +280,14 @@ class FakeOpenAI:
     async def admit(self, session: Session, event: dict) -> None:
         if session.started and event["type"] == "session.start":
             self.invalid.append("a second session.start")
+        elif session.started and event["type"] == "session.close":  # then the close
+            closed = {
+                "type": "session.closed",
+                "event_id": "e1",
+                "session": LIVE_SESSION,
+            }
+            usage = {"seconds": session.seconds}
+            await session.send(**closed, reason="close_requested", usage=usage)
         elif not session.started and event["type"] != "session.start":
             self.invalid.append(f"{event['type']} before session.started")
         elif not session.started and self.admission:
@@ -1425,8 +1435,20 @@ DOOR = {
         DEV_BOX,
         body=b"CallSid=x",
     ),
-    "not-deflate": malformed(
-        URLENCODED, b"not deflate", **{"Content-Encoding": "deflate"}
+    # Never compressed: a small gzip'd form would inflate to a megabyte, unsigned.
+    "gzip": knock(
+        415,
+        FROM_US + f"not a form Twilio sends: {URLENCODED} gzip",
+        DEV_BOX,
+        headers=typed(URLENCODED, **{"Content-Encoding": "gzip"}),
+        body=gzip.compress(b"CallSid=" + b"x" * 1024 * 1024),
+    ),
+    "oversized": knock(
+        400,
+        MALFORMED + ": Request Entity Too Large",  # 64 KiB at most
+        DEV_BOX,
+        headers=typed(URLENCODED),
+        body=b"CallSid=" + b"x" * 64 * 1024,
     ),
 }
 
@@ -3020,6 +3042,7 @@ async def test_live_transcripts_join_into_turns_logged_written_and_reported(
     await session.send(**hostile, usage={"seconds": 10**400})  # ignored: no day's
     await live_say(session, "a1")  # once this comes, that was read
     await expect(twilio, "media a1")
+    session.seconds = 45  # the session's last word on what it billed
     await twilio.hang_up()
     assert await session.next() == {"type": "session.close"}  # then the socket
     await session.wait_closed()
@@ -3034,10 +3057,10 @@ async def test_live_transcripts_join_into_turns_logged_written_and_reported(
         "Hello Ada!",
         "Bye.",
     ]
-    assert "2 turns" in summary_of(caplog) and "42 s of GPT-Live" in summary_of(caplog)
+    assert "2 turns" in summary_of(caplog) and "45 s of GPT-Live" in summary_of(caplog)
     report = report_file(tmp_path, twilio)
     assert report["turns"] == 3
-    assert report["usage"] == {"model": "gpt-live-1.1", "seconds": 42}
+    assert report["usage"] == {"model": "gpt-live-1.1", "seconds": 45}
 
 
 @async_test(**LIVE, shorten={"MAX_TURN": 8})
@@ -3048,10 +3071,11 @@ async def test_a_live_turn_keeps_max_turn_characters(twilio, session, caplog):
     assert "123456789" not in caplog.text
 
 
-@async_test(**LIVE)
+@async_test(**LIVE, shorten={"REPLAY_CHARACTERS": 22})
 async def test_an_expired_live_session_is_renewed_with_the_conversation_as_input(
     twilio, session, w, caplog
 ):
+    await live_words(session, "output", "Welcome.")  # past REPLAY_CHARACTERS
     await live_words(session, "input", "Hi, I'm Ada.")
     await live_words(session, "output", "Hello Ada!")
     await live_closed(session, "expired", seconds=7200)
@@ -3178,6 +3202,37 @@ async def test_live_asks_about_its_backend_model_and_warns_of_realtime_settings(
     ]
     realtime = bridge.Config(language="en")
     assert bridge.unused_settings(realtime, env) == []
+
+
+@async_test(**LIVE, greet_early=False, shorten={"STREAM_WAIT": 0.3})
+async def test_with_greet_early_off_a_live_session_starts_only_with_the_stream(w):
+    await w.webhook()  # several workers: the stream may reach another process
+    await until(lambda: not w.state.calls, "the webhook's call to end unused")
+    assert w.live.sessions == []  # GPT-Live bills a session from its start
+    await w.answered_call()  # the stream: its session starts, and greets
+
+
+@async_test(**LIVE)
+async def test_a_tools_output_is_dropped_once_its_session_has_expired(
+    twilio, session, w, monkeypatch, caplog
+):
+    release = asyncio.Event()
+
+    async def wait() -> str:
+        await release.wait()
+        return "done"
+
+    declared = {"type": "function", "name": "wait", "description": "Waits."}
+    monkeypatch.setitem(bridge.TOOLS, "wait", (wait, declared))  # the next session's
+    await live_tool(session, "wait")
+    await logged(caplog, "the model calls wait({})")
+    await live_closed(session, "expired")
+    second = await w.live.session()
+    assert (await second.next())["type"] == "session.start"
+    release.set()  # a call_id the new session never gave
+    await logged(caplog, "a tool's output dropped: its session has ended")
+    await twilio.speak("after")
+    assert await second.next(skip_audio=False) == live_append("after")
 
 
 # ---------------------------------------------------------------------------
