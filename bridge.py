@@ -2528,7 +2528,7 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
 async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT."""
     if inspect.iscoroutinefunction(function):
-        work = asyncio.ensure_future(function(*args, **kwargs))
+        work = asyncio.ensure_future(contained(function(*args, **kwargs)))
     else:
         work = asyncio.wrap_future(in_thread(function, *args, **kwargs))
     try:
@@ -2538,6 +2538,15 @@ async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     if not done:
         raise TimeoutError()
     return work.result()
+
+
+async def contained(coroutine: Any) -> Any:
+    """Your coroutine, whose sys.exit() ends only itself: in a task, asyncio would
+    let it stop the event loop, and every call with it."""
+    try:
+        return await coroutine
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise RuntimeError(f"it raised {exc!r}") from None
 
 
 def in_thread(

@@ -1127,6 +1127,10 @@ def quits() -> None:
     sys.exit(3)
 
 
+async def quits_async() -> None:
+    sys.exit(3)
+
+
 CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPUT} "
 
 
@@ -1143,17 +1147,18 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
         ("broken", "{}", "error: broken failed: RuntimeError: database is down"),
         ("slow", "{}", "error: slow took longer than 0.2 s"),  # TOOL_TIMEOUT
         ("quits", "{}", "error: quits failed: RuntimeError: it raised SystemExit(3)"),
+        ("quits_async", "{}", "error: quits_async failed: RuntimeError: it raised"),
     ],
     ids=(
         "async-returns-data huge-output unknown undeclared "
-        "bad-json tool-raises async-raises too-slow quits"
+        "bad-json tool-raises async-raises too-slow quits quits-async"
     ).split(),
 )
 @async_test(shorten={"TOOL_TIMEOUT": 0.2})
 async def test_a_tools_output_or_failure_is_told_to_the_model_and_the_call_goes_on(
     w, name, arguments, expected, monkeypatch, caplog
 ):
-    for tool in (lookup, broken, slow, huge, quits):
+    for tool in (lookup, broken, slow, huge, quits, quits_async):
         monkeypatch.setitem(bridge.TOOLS, tool.__name__, (tool, {}))
     twilio, session = await w.answered_call()
     await call_tool(session, name, arguments)
