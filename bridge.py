@@ -1690,14 +1690,20 @@ class Live(ModelSession):
         """Our side ends the call: session.close first, so OpenAI finalizes it, and
         its session.closed says what the session billed in all."""
         self.end_turn()
-        if self.ready and not self.socket.closed:
-            with contextlib.suppress(OSError):  # reset, or TimeoutError (an OSError)
-                async with asyncio.timeout(CLOSE_TIMEOUT):  # a peer not reading
-                    await self.socket.send_str(json.dumps({"type": "session.close"}))
-                    async for msg in self.socket:
-                        if await self.call.handle(msg, "OpenAI", "type", self.last):
-                            break
-        await super().close()
+        try:
+            if self.ready and not self.socket.closed:
+                await self.finalize()
+        finally:  # cancelled meanwhile (a shutdown), the socket is closed all the same
+            await super().close()
+
+    async def finalize(self) -> None:
+        """session.close, then its session.closed (bounded: a peer may not answer)."""
+        with contextlib.suppress(OSError):  # reset, or TimeoutError (an OSError)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.socket.send_str(json.dumps({"type": "session.close"}))
+                async for msg in self.socket:
+                    if await self.call.handle(msg, "OpenAI", "type", self.last):
+                        return
 
     async def last(self, event: dict) -> bool:
         """True for session.closed, the last event, with the session's usage."""

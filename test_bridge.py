@@ -162,7 +162,7 @@ class Session:
         self.query = request.query
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.started = False  # GPT-Live: session.started was sent
-        self.seconds = 0  # GPT-Live: billed, as its session.closed will say
+        self.seconds: int | None = 0  # GPT-Live: billed, as session.closed says
         self.closed = asyncio.Event()
         self.reading = asyncio.Event()  # cleared: the fake stops reading, as a
         self.reading.set()  # stuck server would, and TCP pushes back on the bridge
@@ -280,14 +280,16 @@ class FakeOpenAI:
     async def admit(self, session: Session, event: dict) -> None:
         if session.started and event["type"] == "session.start":
             self.invalid.append("a second session.start")
-        elif session.started and event["type"] == "session.close":  # then the close
-            closed = {
-                "type": "session.closed",
-                "event_id": "e1",
-                "session": LIVE_SESSION,
-            }
+        elif session.started and event["type"] == "session.close":
             usage = {"seconds": session.seconds}
-            await session.send(**closed, reason="close_requested", usage=usage)
+            if session.seconds is not None:  # None: it never answers
+                await session.send(
+                    type="session.closed",
+                    event_id="e1",
+                    reason="close_requested",
+                    session=LIVE_SESSION,
+                    usage=usage,
+                )
         elif not session.started and event["type"] != "session.start":
             self.invalid.append(f"{event['type']} before session.started")
         elif not session.started and self.admission:
@@ -3207,6 +3209,17 @@ async def test_live_asks_about_its_backend_model_and_warns_of_realtime_settings(
     ]
     realtime = bridge.Config(language="en")
     assert bridge.unused_settings(realtime, env) == []
+
+
+@async_test(**LIVE)
+async def test_a_live_session_still_closing_at_shutdown_is_closed_all_the_same(
+    twilio, session, w
+):
+    session.seconds = None  # it never answers session.close
+    await twilio.hang_up()
+    assert await session.next() == {"type": "session.close"}
+    await bridge.close_calls(w.app)  # the shutdown cancels the call mid-close
+    await session.wait_closed()
 
 
 @async_test(**LIVE, greet_early=False, shorten={"STREAM_WAIT": 0.3})
