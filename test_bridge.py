@@ -1249,6 +1249,7 @@ URLENCODED, MULTIPART = "application/x-www-form-urlencoded", "multipart/form-dat
 ESCAPED = URLENCODED + "; charset=unicode_escape"
 NO_SID, ANOTHER = "no CallSid, or not one", FROM_US + "from another site: "
 NOT_SENT = FROM_US + "not a form Twilio sends: "
+WEBHOOK = {"method": "POST", "path": "/incoming", "data": FORM, "headers": {}}
 
 
 def typed(kind: str, **headers) -> dict:
@@ -1261,7 +1262,7 @@ def signed(form=FORM, base="https://example.com", host="example.com") -> dict:
 
 def knock(status: int, logged: str | None = None, config: dict = BY, **request):
     """A request to the webhook, the status it gets and the one line it logs."""
-    return config, status, logged, request
+    return config, status, logged, WEBHOOK | request
 
 
 def local(status: int, logged: str | None = None, **request):
@@ -1270,7 +1271,7 @@ def local(status: int, logged: str | None = None, **request):
 
 
 def malformed(kind: str, body: bytes, headers: dict | None = None) -> tuple:
-    return local(400, MALFORMED, headers=typed(kind, **headers or {}), body=body)
+    return local(400, MALFORMED, headers=typed(kind, **headers or {}), data=body)
 
 
 CHECKED = BAD + " (checked https://example.com/incoming)"
@@ -1286,18 +1287,18 @@ DOOR = {
     "host-with-443": knock(200, headers=signed(host="example.com:443")),
     # checked against PUBLIC_URL: the Host is 127.0.0.1
     "behind-a-tunnel": knock(200, None, TUNNEL, headers=sign(TUNNEL_URL, FORM)),
-    "our-account": knock(200, None, REST, form=OURS, headers=signed(OURS)),
-    "changed-field": knock(403, CHECKED, form=FORM | {"From": "+1"}, headers=signed()),
+    "our-account": knock(200, None, REST, data=OURS, headers=signed(OURS)),
+    "changed-field": knock(403, CHECKED, data=FORM | {"From": "+1"}, headers=signed()),
     "other-url": knock(403, BAD, headers=signed(base="https://evil.example")),
     "http": knock(403, BAD, headers=signed(base="http://example.com")),
     "unsigned": knock(403, BAD),
     "junk": knock(403, BAD, headers={"X-Twilio-Signature": "ünïcode"}),
     # a lone surrogate, once the charset has decoded it
-    "surrogate": knock(403, BAD, body=b"CallSid=\\ud800", headers=typed(ESCAPED)),
+    "surrogate": knock(403, BAD, data=b"CallSid=\\ud800", headers=typed(ESCAPED)),
     # Twilio's signature glues names and values together, so the fields after
     # CallSid moved into its value keep it valid: one capture, many "calls".
     **{
-        id: knock(status, FROM_US + why, REST, form=form, headers=signed(form))
+        id: knock(status, FROM_US + why, REST, data=form, headers=signed(form))
         for id, status, why, form in [
             ("re-split", 400, NO_SID, {"CallSid": CA1 + "From+1415", "To": "+1800"}),
             ("re-split-all", 400, NO_SID, {"CallSid": CA1 + "From+1415To+1800"}),
@@ -1320,8 +1321,8 @@ DOOR = {
     "bad-utf-8": malformed(URLENCODED, b"CallSid=\xff\xfe"),
     # Twilio posts URL-encoded forms only: a multipart one, costly to parse, is
     # refused before its body is read.
-    "multipart": local(415, NOT_SENT + MULTIPART, headers=FORM_DATA, body=PARTS),
-    "no-type": local(415, NOT_SENT + "application/octet-stream", body=b"CallSid=x"),
+    "multipart": local(415, NOT_SENT + MULTIPART, headers=FORM_DATA, data=PARTS),
+    "no-type": local(415, NOT_SENT + "application/octet-stream", data=b"CallSid=x"),
     "not-deflate": malformed(
         URLENCODED, b"not deflate", {"Content-Encoding": "deflate"}
     ),
@@ -1335,12 +1336,9 @@ DOOR = {
 async def test_the_webhook_answers_twilio_and_refuses_the_rest_in_one_line(
     w, config, status, logged, request_, caplog
 ):
-    headers = {
-        k: v.format(port=w.client.port) for k, v in request_.get("headers", {}).items()
-    }
-    data = request_.get("body", request_.get("form", FORM))
-    method, path = request_.get("method", "POST"), request_.get("path", "/incoming")
-    response = await w.client.request(method, path, data=data, headers=headers)
+    port = w.client.port
+    headers = {k: v.format(port=port) for k, v in request_["headers"].items()}
+    response = await w.client.request(**request_ | {"headers": headers})
     assert response.status == status
     if response.status == 200:  # the call's session opens at once
         assert "<Stream url=" in await response.text()
@@ -1419,9 +1417,7 @@ def test_a_process_too_busy_is_told_by_its_load_or_its_lateness(limit, load, lat
 
 # LOAD_EVERY: no look meanwhile, so the load stays what the test says
 @async_test(max_calls=2, max_load_percent=70, shorten={"LOAD_EVERY": 600})
-async def test_too_busy_or_past_max_calls_a_call_hears_busy_and_health_says_so(
-    w, caplog
-):
+async def test_past_a_limit_a_call_hears_busy_and_health_says_so(w, caplog):
     w.state.load = 95.0  # what measure_load found
     assert await w.webhook(sid("CA", 4)) == BUSY and not w.openai.sessions
     busy = "a call refused: the process is 95 % busy (MAX_LOAD_PERCENT=70)"
