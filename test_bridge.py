@@ -536,17 +536,13 @@ def async_test(test=None, /, *, shorten: dict | None = None, **config):
     if test is None:
         return lambda test: async_test(test, shorten=shorten, **config)
     signature = inspect.signature(test)
-    wants = [
-        name for name in ("w", "twilio", "session") if name in signature.parameters
-    ]
+    wants = [p for p in ("w", "twilio", "session") if p in signature.parameters]
 
     async def in_world(*args, **kwargs):
         if not wants:
             return await test(*args, **kwargs)
-        tmp, settings = str(kwargs.get("tmp_path")), config | kwargs.get("config", {})
-        async with world(
-            **{k: tmp if v is TMP else v for k, v in settings.items()}
-        ) as w:
+        tmp, chosen = str(kwargs.get("tmp_path")), config | kwargs.get("config", {})
+        async with world(**{k: tmp if v is TMP else v for k, v in chosen.items()}) as w:
             given = {"w": w}
             if "twilio" in wants or "session" in wants:
                 given["twilio"], given["session"] = await w.answered_call()
@@ -832,9 +828,8 @@ def test_settings_have_their_defaults_when_unset_or_empty_and_take_what_is_allow
     assert config.openai_realtime_url == "wss://api.openai.com/v1/realtime"
     assert config.openai_live_url == "wss://api.openai.com/v1/live/sessions"
     assert config.live_backend_model == "gpt-5.4-mini" and not config.live
-    vad = ("server_vad", "near_field")
-    assert (config.turn_detection, config.noise_reduction) == vad
-    assert config.idle_timeout_seconds == 0 and config.language == ""
+    assert config.turn_detection == "server_vad" and config.idle_timeout_seconds == 0
+    assert config.noise_reduction == "near_field" and config.language == ""
     assert config.transcribe_model == "gpt-transcribe"  # the older ones shut down
     assert config.keywords == [] and config.report_model == ""  # no report, no cost
     assert config.openai_api_url == "https://api.openai.com"
