@@ -113,7 +113,6 @@ PROCESS_TASKS = ("measure_load", "check_models")  # the app's, not a call's
 
 
 async def until(condition, what: str) -> None:
-    """Wait (generously) until condition() is true."""
     async with asyncio.timeout(TIMEOUT):
         while not condition():
             await asyncio.sleep(0.01)
@@ -128,7 +127,6 @@ async def wound_down(app: web.Application) -> None:
 
 
 async def logged(caplog, text: str) -> None:
-    """Wait until the bridge has logged this text."""
     try:
         await until(lambda: text in caplog.text, text)
     except TimeoutError:
@@ -465,7 +463,6 @@ class World:
         return await response.text()
 
     async def post_signed(self, form: dict) -> aiohttp.ClientResponse:
-        """The webhook, signed as Twilio signs it."""
         headers = {"Host": "example.com", **sign("https://example.com/incoming", form)}
         return await self.client.post("/incoming", data=form, headers=headers)
 
@@ -596,7 +593,6 @@ async def reply_done(session: Session) -> None:
 
 
 async def speech_started(session: Session) -> None:
-    """OpenAI heard the caller begin to speak."""
     started = {"audio_start_ms": 0, "item_id": "u1"}
     await session.send(type="input_audio_buffer.speech_started", **started)
 
@@ -701,6 +697,17 @@ def report_file(folder: pathlib.Path, twilio: FakeTwilio) -> dict:
 # The bridge in a process of its own
 
 
+PIPE = subprocess.PIPE
+
+
+async def python(command, env: dict, **options) -> asyncio.subprocess.Process:
+    """`python bridge.py` (or `python *command`) in bridge.py's folder."""
+    command = command or [BRIDGE]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *command, env=env, cwd=os.path.dirname(BRIDGE), **options
+    )
+
+
 class Running:
     """A bridge in a process of its own, between a fake OpenAI and the test."""
 
@@ -770,15 +777,9 @@ async def running_bridge(*command: str, **env: str):
         env.setdefault("OPENAI_API_KEY", "sk-test")
         env.setdefault("MAX_LOAD_PERCENT", "0")
         env.setdefault("OPENAI_API_URL", str(server.make_url("")).rstrip("/"))
-        command = tuple(part.format(port=port) for part in command) or (BRIDGE,)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *command,
-            env=env,
-            cwd=os.path.dirname(BRIDGE),
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its workers are killed with it, below
-        )
+        command = [part.format(port=port) for part in command]
+        # A session of its own: its workers are killed with it, below.
+        proc = await python(command, env, stderr=PIPE, start_new_session=True)
         # A new connection for each request, so that each may reach another worker.
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -805,13 +806,7 @@ async def exits(*command: str, **env: str) -> tuple[int, str, str]:
     """`python bridge.py` (or `command`) run to its end with only these settings:
     its exit code, what it printed and what it logged."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "TWI"))}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, *(command or [BRIDGE])),
-        env={**clean, **env},
-        cwd=os.path.dirname(BRIDGE),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = await python(command, {**clean, **env}, stdout=PIPE, stderr=PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 3 * TIMEOUT)
     return proc.returncode, out.decode(), err.decode()
 
