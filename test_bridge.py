@@ -814,8 +814,6 @@ async def exits(*command: str, **env: str) -> tuple[int, str, str]:
 # ---------------------------------------------------------------------------
 # Configuration: settings, bad settings, defaults
 
-VOICES = "alloy ash ballad coral echo sage shimmer verse marin cedar".split()
-
 
 def test_settings_have_their_defaults_when_unset_or_empty_and_take_what_is_allowed():
     config = bridge.Config.from_env({"OPENAI_API_KEY": "k", "PORT": ""})
@@ -845,6 +843,7 @@ def bad(key: str, value: str, allowed: str, shown: str = "") -> tuple[dict, list
     return {key: value}, [f"{key}={shown or value!r} is not allowed: {allowed}"]
 
 
+VOICES = "alloy ash ballad coral echo sage shimmer verse marin cedar".split()
 PORTS = "a whole number from 1 to 65535"
 ONE_OF = " or ".join(VOICES)
 NEEDS_REST = "needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
@@ -854,6 +853,8 @@ WS, ISO = "wss:// or ws:// URL", "an ISO-639-1 code, e.g. en"
 NEW = "gpt-transcribe or gpt-live-transcribe"
 KEY = {"OPENAI_API_KEY": "sk-secret\nsk-more", "TWILIO_AUTH_TOKEN": "tok en"}
 PROXY = "http://user:sk-pass@proxy.example/v1"
+NO_KEY = "OPENAI_API_KEY is not set: export your OpenAI API key first."
+NOT_A_DIR = f"TRANSCRIPT_DIR={BRIDGE!r} cannot be made: [Errno 17] File exists: "
 
 
 @pytest.mark.parametrize(
@@ -912,10 +913,6 @@ def test_a_misspelt_setting_is_warned_about():
         "OPENAI_MODLE is not a setting: ignored (did you mean OPENAI_MODEL?)",
         "TURN_DETECTON is not a setting: ignored (did you mean TURN_DETECTION?)",
     ]
-
-
-NO_KEY = "OPENAI_API_KEY is not set: export your OpenAI API key first."
-NOT_A_DIR = f"TRANSCRIPT_DIR={BRIDGE!r} cannot be made: [Errno 17] File exists: "
 
 
 @pytest.mark.parametrize(
@@ -1240,6 +1237,16 @@ ESCAPED = URLENCODED + "; charset=unicode_escape"
 NO_SID, ANOTHER = "no CallSid, or not one", FROM_US + "from another site: "
 NOT_SENT = FROM_US + "not a form Twilio sends: "
 WEBHOOK = {"method": "POST", "path": "/incoming", "data": FORM, "headers": {}}
+CHECKED = BAD + " (checked https://example.com/incoming)"
+EVIL = {"Origin": "https://evil.example"}
+REBOUND = {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}
+WRONG = "(the webhook is POST /incoming)"
+FORM_DATA = {"Content-Type": MULTIPART + "; boundary=xx"}
+PARTS = b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
+PARTS += b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n"
+LOCAL = [("127.0.0.1", "", True), ("::1", "", True), ("::ffff:127.0.0.1", "", True)]
+REMOTE = [("203.0.113.5", "", False), ("10.1.2.3", "", False)]
+BUSY = '<Response><Reject reason="busy"/></Response>'
 
 
 def typed(kind: str, **headers) -> dict:
@@ -1264,13 +1271,6 @@ def malformed(kind: str, body: bytes, headers: dict | None = None) -> tuple:
     return local(400, MALFORMED, headers=typed(kind, **headers or {}), data=body)
 
 
-CHECKED = BAD + " (checked https://example.com/incoming)"
-EVIL = {"Origin": "https://evil.example"}
-REBOUND = {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}
-WRONG = "(the webhook is POST /incoming)"
-FORM_DATA = typed(MULTIPART + "; boundary=xx")
-PARTS = b"--xx\r\nContent-Disposition: form-data; name=CallSid\r\n"
-PARTS += b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n"
 DOOR = {
     "signed": knock(200, headers=signed()),
     "signed-with-443": knock(200, headers=signed(base="https://example.com:443")),
@@ -1338,10 +1338,6 @@ async def test_the_webhook_answers_twilio_and_refuses_the_rest_in_one_line(
     assert len(refusals) == 1
 
 
-LOCAL = [("127.0.0.1", "", True), ("::1", "", True), ("::ffff:127.0.0.1", "", True)]
-REMOTE = [("203.0.113.5", "", False), ("10.1.2.3", "", False)]
-
-
 @pytest.mark.parametrize(
     "peer, token, allowed", LOCAL + REMOTE + [("203.0.113.5", TOKEN, True)]
 )
@@ -1384,9 +1380,6 @@ async def test_a_replayed_webhook_gets_403_and_no_proof_even_after_its_call(w, c
         assert replay.status == 403 and "proof" not in await replay.text()
     assert len(w.openai.sessions) == 1
     assert caplog.text.count(f"{CA1} was answered already") == 3
-
-
-BUSY = '<Response><Reject reason="busy"/></Response>'
 
 
 @pytest.mark.parametrize(
