@@ -57,6 +57,8 @@ SID = "AC" + "0" * 32  # our Twilio account
 REST = {"twilio_account_sid": SID, "twilio_auth_token": TOKEN}
 BASIC = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
 REPORTING = {"report_model": "gpt-5.4-mini"}
+PROCESS_TASKS = ("measure_load", "check_models")  # the app's tasks, not a call's
+TMP = "<tmp_path>"  # in async_test's config: the test's tmp_path
 
 
 def sid(kind: str, number: int) -> str:
@@ -107,9 +109,6 @@ def bridge_tasks() -> list[asyncio.Task]:
         and t.get_coro().__name__ not in PROCESS_TASKS
         and t is not asyncio.current_task()
     ]
-
-
-PROCESS_TASKS = ("measure_load", "check_models")  # the app's, not a call's
 
 
 async def until(condition, what: str) -> None:
@@ -185,6 +184,7 @@ class Session:
 # bridge sends must validate strictly, with no field the SDK does not define.
 REALTIME_EVENT = TypeAdapter(RealtimeClientEvent)
 LIVE_EVENT = TypeAdapter(LiveClientEvent)
+LIVE_SESSION = dict(id="live_1", expires_at=0, model="gpt-live-1.1", status="active")
 
 
 def not_in_the_sdk(event: dict, sdk: TypeAdapter = REALTIME_EVENT) -> str:
@@ -208,9 +208,6 @@ def unknown_fields(value: object, path: str) -> list[str]:
             f for i, v in enumerate(value) for f in unknown_fields(v, f"{path}[{i}]")
         ]
     return []
-
-
-LIVE_SESSION = dict(id="live_1", expires_at=0, model="gpt-live-1.1", status="active")
 
 
 class FakeOpenAI:
@@ -523,9 +520,6 @@ async def world(**config):
             responses.answering.set()  # a late answer must not hold the fakes up
 
 
-TMP = "<tmp_path>"  # in async_test's config: the test's tmp_path
-
-
 def async_test(test=None, /, *, shorten: dict | None = None, **config):
     """Run an async test in its own event loop (no plugin): `w` is a world(**config,
     **a case's `config`), `twilio, session` a call answered in it; `shorten` sets
@@ -697,14 +691,11 @@ def report_file(folder: pathlib.Path, twilio: FakeTwilio) -> dict:
 # The bridge in a process of its own
 
 
-PIPE = subprocess.PIPE
-
-
 async def python(command, env: dict, **options) -> asyncio.subprocess.Process:
-    """`python bridge.py` (or `python *command`) in bridge.py's folder."""
-    command = command or [BRIDGE]
+    """`python bridge.py` (or `python *command`) in its folder, its log piped."""
+    command, cwd = command or [BRIDGE], os.path.dirname(BRIDGE)
     return await asyncio.create_subprocess_exec(
-        sys.executable, *command, env=env, cwd=os.path.dirname(BRIDGE), **options
+        sys.executable, *command, env=env, cwd=cwd, stderr=subprocess.PIPE, **options
     )
 
 
@@ -779,7 +770,7 @@ async def running_bridge(*command: str, **env: str):
         env.setdefault("OPENAI_API_URL", str(server.make_url("")).rstrip("/"))
         command = [part.format(port=port) for part in command]
         # A session of its own: its workers are killed with it, below.
-        proc = await python(command, env, stderr=PIPE, start_new_session=True)
+        proc = await python(command, env, start_new_session=True)
         # A new connection for each request, so that each may reach another worker.
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -806,7 +797,7 @@ async def exits(*command: str, **env: str) -> tuple[int, str, str]:
     """`python bridge.py` (or `command`) run to its end with only these settings:
     its exit code, what it printed and what it logged."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "TWI"))}
-    proc = await python(command, {**clean, **env}, stdout=PIPE, stderr=PIPE)
+    proc = await python(command, {**clean, **env}, stdout=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 3 * TIMEOUT)
     return proc.returncode, out.decode(), err.decode()
 
