@@ -57,6 +57,8 @@ SID = "AC" + "0" * 32  # our Twilio account
 REST = {"twilio_account_sid": SID, "twilio_auth_token": TOKEN}
 BASIC = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
 REPORTING = {"report_model": "gpt-5.4-mini"}
+GOOD_REPORT = {"summary": "Ada booked a table for two.", "sentiment": 0.6}
+GOOD_REPORT |= {"lead_score": 80, "follow_up": "Send her the menu."}
 PROCESS_TASKS = ("measure_load", "check_models")  # the app's tasks, not a call's
 TMP = "<tmp_path>"  # in async_test's config: the test's tmp_path
 
@@ -342,10 +344,6 @@ class FakeResponses:
     async def request(self) -> dict:
         await asyncio.wait_for(self.received.wait(), TIMEOUT)
         return self.requests[-1][1]
-
-
-GOOD_REPORT = {"summary": "Ada booked a table for two.", "sentiment": 0.6}
-GOOD_REPORT |= {"lead_score": 80, "follow_up": "Send her the menu."}
 
 
 def answer(*content: dict, status: str = "completed") -> str:
@@ -928,6 +926,10 @@ async def test_a_bad_start_exits_with_one_line_and_no_traceback(
     assert (done[0], done[1].strip(), done[2].strip()) == (code, out, err)
 
 
+def heard(model: str = "gpt-transcribe", **more) -> dict:
+    return {"transcription": {"model": model, **more}}
+
+
 # What a session's audio.input is by default (the SDK's types check every event).
 VAD = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
 ANSWERS = {"interrupt_response": True, "create_response": True}
@@ -939,10 +941,6 @@ AUDIO_IN = {
 }
 SEMANTIC, IDLE = {"type": "semantic_vad", **ANSWERS}, VAD | {"idle_timeout_ms": 8000}
 OLDER = "gpt-4o-transcribe"
-
-
-def heard(model: str = "gpt-transcribe", **more) -> dict:
-    return {"transcription": {"model": model, **more}}
 
 
 SETTINGS = {  # the settings as a shell would set them: the change they make
