@@ -182,8 +182,7 @@ class Session:
         await asyncio.wait_for(self.closed.wait(), TIMEOUT)
 
 
-# The official SDK's types are the authority on what OpenAI accepts: every event the
-# bridge sends must validate strictly, with no field the SDK does not define.
+# The SDK's types say what OpenAI accepts: every event strictly, no field they lack.
 REALTIME_EVENT = TypeAdapter(RealtimeClientEvent)
 LIVE_EVENT = TypeAdapter(LiveClientEvent)
 LIVE_SESSION = dict(id="live_1", expires_at=0, model="gpt-live-1.1", status="active")
@@ -1168,8 +1167,7 @@ def test_signatures_match_twilios_worked_examples():
     assert bridge.twilio_signature(TOKEN, url, unsorted) == signature
     media = "wss://example.com/media-stream"
     assert bridge.twilio_signature(TOKEN, media, {}) == "XFfwGS2Ev7f9qAP9MmRoMS7C724="
-    # Names and values are glued together, so fields moved into the CallSid keep
-    # a signature valid: the webhook checks the CallSid (see the door below).
+    # Names and values are glued: fields moved into the CallSid keep it (see the door).
     re_split = {"CallSid": CA1 + "From+14158675310", "To": "+18005551212"}
     glued = bridge.twilio_signature(TOKEN, url, re_split)
     assert glued == bridge.twilio_signature(TOKEN, url, FORM)
@@ -1274,8 +1272,7 @@ DOOR = {
     "junk": knock(403, BAD, headers={"X-Twilio-Signature": "ünïcode"}),
     # a lone surrogate, once the charset has decoded it
     "surrogate": knock(403, BAD, data=b"CallSid=\\ud800", headers=typed(ESCAPED)),
-    # Twilio's signature glues names and values together, so the fields after
-    # CallSid moved into its value keep it valid: one capture, many "calls".
+    # Fields moved into the CallSid keep its signature: one capture, many "calls".
     **{
         id: knock(status, FROM_US + why, REST, data=form, headers=signed(form))
         for id, status, why, form in [
@@ -1298,8 +1295,7 @@ DOOR = {
     ),
     "unknown-charset": malformed(URLENCODED + "; charset=foo", b"CallSid=x"),
     "bad-utf-8": malformed(URLENCODED, b"CallSid=\xff\xfe"),
-    # Twilio posts URL-encoded forms only: a multipart one, costly to parse, is
-    # refused before its body is read.
+    # Twilio posts URL-encoded forms only: a multipart one, costly to parse, is unread.
     "multipart": local(415, NOT_SENT + MULTIPART, headers=FORM_DATA, data=PARTS),
     "no-type": local(415, NOT_SENT + "application/octet-stream", data=b"CallSid=x"),
     "not-deflate": malformed(
