@@ -3305,31 +3305,17 @@ async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
     assert handed_on == [report]
 
 
-@async_test(**REPORTING)
-async def test_a_call_without_a_caller_turn_asks_no_model_but_is_reported(
-    twilio, session, w, handed_on
-):
-    await transcribed(session, "assistant", "Hello? Anybody there?")
-    await twilio.hang_up()
-    await w.reported()
-    assert w.responses.requests == []
-    [report] = handed_on
-    assert report["call_sid"] == CA1 and report["turns"] == 1
-    assert not {"summary", "error"} & set(report)
-
-
-@async_test(transcript_dir=TMP)
-async def test_without_report_model_there_is_no_report(w, tmp_path, handed_on):
-    twilio = await w.caller_said("Hello?")
-    await w.reported()
-    assert w.responses.requests == [] and handed_on == []
-    assert [p.name for p in tmp_path.iterdir()] == [f"{twilio.call_sid}.jsonl"]
-
-
 @pytest.mark.parametrize("who", ["caller", "agent"])
-@async_test(**REPORTING)
-async def test_a_slow_report_never_delays_the_hang_up(twilio, session, w, who, caplog):
+@async_test(
+    transcript_dir=TMP, drain_seconds=60, **REPORTING, shorten={"DRAIN_REPORT": 0.1}
+)
+async def test_a_slow_report_delays_no_hang_up_and_a_drain_waits_for_it(
+    twilio, session, w, who, tmp_path, caplog
+):
     w.responses.answering.clear()  # the model takes its time
+    draining = asyncio.create_task(bridge.drain(w.app))
+    await logged(caplog, "draining: 1 call for up to 60 s")
+    await logged(caplog, "draining: 1 call left")
     await transcribed(session, "user", "Bye now.")
     if who == "caller":
         await twilio.send(event="stop", stop={})
@@ -3338,14 +3324,17 @@ async def test_a_slow_report_never_delays_the_hang_up(twilio, session, w, who, c
     await twilio.wait_closed()
     await session.wait_closed()
     await w.responses.request()
-    assert len(w.state.reports) == 1  # still waiting for its answer
+    assert len(w.state.reports) == 1 and w.state.calls == {}  # its answer is late
     w.responses.answering.set()
-    await w.reported()
+    await asyncio.wait_for(draining, TIMEOUT)  # over once the last report is written
+    assert report_file(tmp_path, twilio)["lead_score"] == 80
     assert "report: sentiment 0.6, lead score 80" in caplog.text
 
 
 @async_test
-async def test_the_report_says_the_call_was_recorded_and_transferred(tmp_path, caplog):
+async def test_a_silent_callers_report_asks_no_model_and_tells_recording_and_transfer(
+    tmp_path, caplog, handed_on
+):
     recording = "RE" + "1" * 32
     config = {**REST, "record_calls": True, "transfer_number": "+15559990000"}
     async with world(transcript_dir=str(tmp_path), **config, **REPORTING) as w:
@@ -3353,12 +3342,15 @@ async def test_the_report_says_the_call_was_recorded_and_transferred(tmp_path, c
         twilio, session = await transfer_call(w)
         await twilio.mark("1")
         await logged(caplog, "transferred to +15559990000")
-        await transcribed(session, "user", "Thanks.")
+        await transcribed(session, "assistant", "Transferring you now.")
         await twilio.hang_up()  # Twilio leaves our TwiML
         await w.reported()
+        assert w.responses.requests == []  # no caller turn: no cost
     report = report_file(tmp_path, twilio)
     assert (report["recorded"], report["transferred"]) == (recording, "+15559990000")
     assert list(report).index("transferred") < list(report).index("report_model")
+    assert (report["call_sid"], report["turns"]) == (CA1, 1)
+    assert not {"summary", "error"} & set(report) and handed_on == [report]
 
 
 @async_test
@@ -3379,31 +3371,19 @@ async def test_transcripts_and_reports_are_private(tmp_path, monkeypatch):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
-@async_test(transcript_dir=TMP)
-async def test_no_transcript_is_written_through_a_planted_link(w, tmp_path, caplog):
+@async_test(transcript_dir=TMP)  # and no REPORT_MODEL: no report
+async def test_no_transcript_is_written_through_a_planted_link(
+    w, tmp_path, caplog, handed_on
+):
     target = tmp_path / "elsewhere"
     target.write_text("not yours\n")
     (tmp_path / f"{CA1}.jsonl").symlink_to(target)
     twilio = await w.caller_said("Hello?")
-    await wound_down(w.app)
+    await w.reported()
     assert twilio.call_sid == CA1 and target.read_text() == "not yours\n"
     assert "transcript not written" in caplog.text
-
-
-@async_test(transcript_dir=TMP, **REPORTING)
-async def test_the_models_strings_are_clean_before_anyone_sees_them(
-    w, tmp_path, handed_on
-):
-    hostile = {"summary": "\ud800\u2028\x00 x\ny", "sentiment": 0, "lead_score": 1}
-    text = json.dumps(hostile | {"follow_up": "\x00"})
-    message = {"type": "message", "content": [{"type": "output_text", "text": text}]}
-    body = {"status": "completed", "output": [message]}
-    w.responses.answers = [(200, json.dumps(body))]
-    twilio = await w.caller_said("Hello?\x00")
-    await w.reported()
-    [report] = handed_on
-    assert (report["summary"], report["follow_up"]) == (" x\ny", "")
-    assert report_file(tmp_path, twilio)["summary"] == " x\ny"
+    assert w.responses.requests == [] and handed_on == []
+    assert {p.name for p in tmp_path.iterdir()} == {"elsewhere", f"{CA1}.jsonl"}
 
 
 # ---------------------------------------------------------------------------
@@ -3434,27 +3414,6 @@ async def test_a_stalled_loop_is_measured_and_sheds_calls(w):
     time.sleep(0.2)  # the loop stalls: no await, no CPU
     await until(lambda: w.state.late >= 0.15, "a late look")
     assert "the event loop runs" in bridge.overloaded(w.state)
-
-
-@async_test(drain_seconds=60, shorten={"DRAIN_REPORT": 0.1})
-async def test_a_drain_logs_how_many_calls_are_left(twilio, session, w, caplog):
-    draining = asyncio.create_task(bridge.drain(w.app))
-    await logged(caplog, "draining: 1 call for up to 60 s")
-    await logged(caplog, "draining: 1 call left")
-    await twilio.hang_up()
-    await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
-
-
-@async_test(transcript_dir=TMP, drain_seconds=60, **REPORTING)
-async def test_a_drain_waits_for_a_report_in_flight(w, tmp_path):
-    w.responses.answering.clear()
-    twilio = await w.caller_said("Call me back tomorrow.")
-    await w.responses.request()  # the call has ended; its report is in flight
-    assert w.state.calls == {}
-    draining = asyncio.create_task(bridge.drain(w.app))
-    w.responses.answering.set()
-    await asyncio.wait_for(draining, TIMEOUT)
-    assert report_file(tmp_path, twilio)["lead_score"] == 80  # written before
 
 
 @async_test(transcript_dir=TMP, **REPORTING)
@@ -3511,24 +3470,38 @@ async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind(w):
 # Signals: SIGTERM drains, Ctrl-C or a second signal hangs up at once
 
 
-@pytest.mark.parametrize(
-    "seconds, second",
-    [("0", None), ("1", None), ("600", signal.SIGTERM), ("600", signal.SIGINT)],
-    ids=["no-drain", "at-the-deadline", "second-sigterm", "ctrl-c"],
+# The README's command: the bridge's own worker class, two workers.
+GUNICORN = (
+    *("-m", "gunicorn", "bridge:create_app()", "--worker-class", "bridge.Worker"),
+    *("--workers", "2", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "60"),
 )
+ONE_WORKER = (*GUNICORN[:5], "--workers", "1", *GUNICORN[7:])
+TERM, INT = signal.SIGTERM, signal.SIGINT
+
+
+SIGNALS = {  # DRAIN_SECONDS, and the signals sent
+    "no-drain": ((), "0", [TERM]),
+    "at-the-deadline": ((), "1", [TERM]),
+    "second-sigterm": ((), "600", [TERM, TERM]),
+    "ctrl-c": ((), "600", [TERM, INT]),
+    "gunicorn-ctrl-c": (GUNICORN, "600", [INT]),
+}
+
+
+@pytest.mark.parametrize("command, seconds, signals", SIGNALS.values(), ids=SIGNALS)
 @async_test
 async def test_sigterm_hangs_up_the_calls_and_waiting_streams_at_the_drains_end(
-    seconds, second
+    command, seconds, signals
 ):
-    async with running_bridge(DRAIN_SECONDS=seconds) as proc:
+    async with running_bridge(*command, DRAIN_SECONDS=seconds) as proc:
         silent = (await proc.stream(0)).ws  # a stream that has not sent `start`
         closed = asyncio.create_task(silent.receive())  # it answers our close
         twilio, session = await proc.answered_call(1)
-        proc.signal(signal.SIGTERM)
-        if seconds != "0":
+        proc.signal(signals[0])
+        if drains := signals[0] == TERM and seconds != "0":
             await proc.logged("draining: 1 call for")
-        if second:  # or at once, at a second signal
-            proc.signal(second)
+        for number in signals[1:]:  # or at once, at a second signal
+            proc.signal(number)
         await twilio.wait_closed()  # a close frame on both sides
         await session.wait_closed()
         # Well before the 10 s that a stream may take to send its `start`.
@@ -3536,6 +3509,7 @@ async def test_sigterm_hangs_up_the_calls_and_waiting_streams_at_the_drains_end(
         ended = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert (await asyncio.wait_for(closed, TIMEOUT)).type in ended
         await proc.logged("all calls ended")
+        assert drains or "draining" not in "".join(proc.lines)
 
 
 @async_test
@@ -3561,13 +3535,6 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
 
 # ---------------------------------------------------------------------------
 # gunicorn workers
-
-# The README's command: the bridge's own worker class, two workers.
-GUNICORN = (
-    *("-m", "gunicorn", "bridge:create_app()", "--worker-class", "bridge.Worker"),
-    *("--workers", "2", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "60"),
-)
-ONE_WORKER = (*GUNICORN[:5], "--workers", "1", *GUNICORN[7:])
 
 
 @async_test
@@ -3651,17 +3618,6 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
             workers.signal(signal.SIGTERM)
         if how != "its-master-dies":
             assert await workers.exit_code() == 0
-
-
-@async_test
-async def test_ctrl_c_to_gunicorn_hangs_up_at_once():
-    async with running_bridge(*GUNICORN, DRAIN_SECONDS="600") as workers:
-        twilio, session = await workers.answered_call(1)
-        workers.signal(signal.SIGINT)
-        await twilio.wait_closed()
-        await session.wait_closed()
-        assert await workers.exit_code() == 0
-        assert "draining" not in "".join(workers.lines)
 
 
 @async_test
@@ -4170,9 +4126,9 @@ def pieces_of(secret: str, length: int = 12) -> list[str]:
     return [secret[i : i + length] for i in range(len(secret) - length + 1)]
 
 
-@async_test(openai_api_key=LIVE_KEY, **REPORTING)
+@async_test(openai_api_key=LIVE_KEY, transcript_dir=TMP, **REPORTING)
 async def test_no_piece_of_a_key_survives_a_cut_line_the_model_or_after_call(
-    w, caplog, handed_on, monkeypatch
+    w, tmp_path, caplog, handed_on, monkeypatch
 ):
     monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
 
@@ -4180,17 +4136,21 @@ async def test_no_piece_of_a_key_survives_a_cut_line_the_model_or_after_call(
     def leaky():
         raise ValueError("x" * 250 + LIVE_KEY)  # the line's cut at 300 is in the key
 
-    w.responses.answers = [(200, good_but(summary=f"The key is {LIVE_KEY}."))]
+    hostile = f"\ud800\u2028\x00 x\ny {LIVE_KEY}"  # the model's strings get cleaned too
+    w.responses.answers = [(200, good_but(summary=hostile, follow_up="\x00"))]
     twilio, session = await w.answered_call()
-    await transcribed(session, "user", "My key? " + LIVE_KEY)
+    await transcribed(session, "user", "My key?\x00 " + LIVE_KEY)
     await call_tool(session, "leaky", "{}")
     output = await tool_output(session)
     await twilio.hang_up()
     await w.reported()
     [report] = handed_on
-    for text in (caplog.text, output, json.dumps(report)):
+    files = [path.read_text() for path in tmp_path.iterdir()]
+    for text in (caplog.text, output, json.dumps(report), *files):
         assert not any(piece in text for piece in pieces_of(LIVE_KEY)), text[-400:]
-    assert "<OPENAI_API_KEY>" in report["summary"] and "<OPENAI_API_KEY>" in output
+    assert (report["summary"], report["follow_up"]) == (" x\ny <OPENAI_API_KEY>", "")
+    assert report_file(tmp_path, twilio) == report
+    assert "<OPENAI_API_KEY>" in output
 
 
 # ---------------------------------------------------------------------------
