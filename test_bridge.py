@@ -3645,39 +3645,27 @@ def shutting(days: int) -> tuple[int, dict]:
     return 200, {"id": "m", "object": "model", "shutdown_date": when}
 
 
+def models(answer: tuple, model: str = "gpt-realtime") -> dict:
+    """A config whose models API answers this about this model."""
+    return {"models": {model: answer}}
+
+
 SHUTS = "OPENAI_MODEL=gpt-realtime "
 NOT_FOUND = (404, {"error": {"code": "model_not_found"}})
 NO_KEY_401 = (401, {"error": {"code": "invalid_api_key"}})
+NO_SUCH = "TRANSCRIBE_MODEL=whisper-1: OpenAI has no such model (a typo?)"
+BAD_KEY = "OpenAI refused OPENAI_API_KEY (HTTP 401): check it"
+MODELS = {  # a config, and the level and text of the one line it logs
+    "far": (models(shutting(200)), "WARNING", SHUTS + "shuts down on"),
+    "near": (models(shutting(20)), "ERROR", "in 20 days: choose"),
+    "past": (models(shutting(-1)), "ERROR", SHUTS + "was shut down on"),
+    "unknown": (models(NOT_FOUND, "whisper-1"), "WARNING", NO_SUCH),
+    "bad-key": (models(NO_KEY_401), "ERROR", BAD_KEY),
+    "failing": (models((500, {})), "WARNING", SHUTS[:-1] + ": HTTP 500"),
+}
 
 
-@pytest.mark.parametrize(
-    "config, level, said",
-    [
-        (
-            {"models": {"gpt-realtime": shutting(200)}},
-            "WARNING",
-            SHUTS + "shuts down on",
-        ),
-        ({"models": {"gpt-realtime": shutting(20)}}, "ERROR", "in 20 days: choose"),
-        (
-            {"models": {"gpt-realtime": shutting(-1)}},
-            "ERROR",
-            SHUTS + "was shut down on",
-        ),
-        (
-            {"models": {"whisper-1": NOT_FOUND}},
-            "WARNING",
-            "TRANSCRIBE_MODEL=whisper-1: OpenAI has no such model (a typo?)",
-        ),
-        (
-            {"models": {"gpt-realtime": NO_KEY_401}},
-            "ERROR",
-            "OpenAI refused OPENAI_API_KEY (HTTP 401): check it",
-        ),
-        ({"models": {"gpt-realtime": (500, {})}}, "WARNING", SHUTS[:-1] + ": HTTP 500"),
-    ],
-    ids=["far", "near", "past", "unknown", "bad-key", "failing"],
-)
+@pytest.mark.parametrize("config, level, said", MODELS.values(), ids=MODELS)
 @async_test(
     twilio_auth_token=TOKEN, openai_model="gpt-realtime", transcribe_model="whisper-1"
 )
@@ -3702,10 +3690,8 @@ async def test_an_unanswered_models_api_delays_no_call(w, caplog, monkeypatch):
     assert checking()  # still waiting for its answer, while the call goes on
     monkeypatch.setattr(bridge, "PREFLIGHT_TIMEOUT", 0.2)
     await bridge.check_models(w.state)
-    why = "no answer in time"
-    assert (
-        f"could not ask OpenAI about the models, serving anyway: {why}" in caplog.text
-    )
+    said = "could not ask OpenAI about the models, serving anyway: no answer in time"
+    assert said in caplog.text
 
 
 def listening_on(port: int) -> set[str]:
@@ -3733,7 +3719,7 @@ LOOPBACK, ANY = "0100007F", "00000000"  # 127.0.0.1 and 0.0.0.0, as /proc writes
     ids=["unsigned-loopback", "host-set", "signed-everywhere"],
 )
 @async_test
-async def test_without_signatures_the_bridge_listens_on_loopback_only_and_warns(
+async def test_unsigned_the_bridge_listens_on_loopback_only_warns_and_holds_its_port(
     env, addresses, said
 ):
     async with running_bridge(**{"TWILIO_AUTH_TOKEN": "", **env}) as proc:
@@ -3746,21 +3732,14 @@ async def test_without_signatures_the_bridge_listens_on_loopback_only_and_warns(
         messages = [line.split(" ", 4)[4] for line in proc.lines]  # after the pid
         told = {line for line in messages if "TWILIO_AUTH" in line or "/phone" in line}
         assert told == (set() if env.get("TWILIO_AUTH_TOKEN") else {warned, phone})
+        if not env:  # a second bridge on its port: one line, and a non-zero exit
+            code, _, err = await exits(OPENAI_API_KEY="sk-test", PORT=str(proc.port))
+            assert code == 3 and "Traceback" not in err and "Unclosed" not in err
+            last = err.splitlines()[-1]  # after the start-up's lines
+            assert last.startswith(f"cannot listen on 127.0.0.1 port {proc.port}: ")
+            assert last.endswith("address already in use")
         proc.signal(signal.SIGTERM)
         assert await proc.exit_code() == 0
-
-
-@async_test
-async def test_a_port_in_use_is_one_line_and_a_non_zero_exit():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code, _, err = await exits(OPENAI_API_KEY="sk-test", PORT=str(port))
-    assert code == 3 and "Traceback" not in err and "Unclosed" not in err
-    last = err.splitlines()[-1]  # after the start-up's lines
-    assert last.startswith(f"cannot listen on 127.0.0.1 port {port}: ")
-    assert last.endswith("address already in use")
 
 
 LOW_LIMIT = (
@@ -3900,64 +3879,53 @@ async def test_the_call_command_says_why_it_placed_no_call(
 # Log safety: text from a peer cannot forge a line, nor flood the log
 
 FORGED = "\nERROR forged line"
-HOSTILE = []  # config, a scenario with FORGED in a peer's text, the line logged
+HOSTILE = []  # config, a scenario with FORGED in peers' text, the lines logged
 
 
-def forges(shown: str, **config):
+def forges(*shown: str, **config):
     def register(hostile):
-        name = hostile.__name__.removeprefix("in_a_").removeprefix("in_an_")
+        name = hostile.__name__.removeprefix("in_")
         HOSTILE.append(pytest.param(config, hostile, shown, id=name))
         return hostile
 
     return register
 
 
-@forges("example.com\\x85ERROR forged line", twilio_auth_token=TOKEN)
-async def in_a_host_header(w: World) -> None:
+@forges(
+    "example.com\\x85ERROR forged line",
+    "POST /incoming\\nERROR forged line: Not Found",
+    "answered by machine_end_beep\\nERROR forged",
+    **REST,
+)
+async def in_requests(w: World) -> None:
     headers = {"Host": "example.com\x85ERROR forged line"}  # \x85: a line break
     assert (await w.client.post("/incoming", data=FORM, headers=headers)).status == 403
-
-
-@forges("POST /incoming\\nERROR forged line: Not Found")
-async def in_a_path(w: World) -> None:
     assert (await w.client.post("/incoming%0AERROR forged line")).status == 404
+    assert (await amd(w, "machine_end_beep" + FORGED)).status == 200
 
 
-@forges("unknown Twilio event dance\\nERROR forged line ignored")
-async def in_a_twilio_event(w: World) -> None:
+@forges(
+    "unknown Twilio event dance\\nERROR forged line ignored", f"[{CA1}] {NOT_A_KEY}"
+)
+async def in_twilios_messages(w: World) -> None:
     twilio, session = await w.answered_call()
     await twilio.send(event="dance" + FORGED)
-    await call_goes_on(twilio, session)
-
-
-@forges(f"[{CA1}] {NOT_A_KEY}")
-async def in_a_keypress(w: World) -> None:
-    twilio, session = await w.answered_call()
     await twilio.press("1" + FORGED)
     await call_goes_on(twilio, session)
 
 
-@forges("'x\\nERROR forged line'")
-async def in_a_tools_arguments(w: World) -> None:
+@forges(
+    "'x\\nERROR forged line'",  # a tool's arguments
+    "OpenAI error bad\\nERROR forged line: m",
+    "caller: Hi\\nERROR forged line",
+)
+async def in_openais_messages(w: World) -> None:
     twilio, session = await w.answered_call()
-    await call_tool(
-        session, "current_time", json.dumps({"zone": "UTC", "x" + FORGED: 1})
-    )
+    arguments = json.dumps({"zone": "UTC", "x" + FORGED: 1})
+    await call_tool(session, "current_time", arguments)
     assert "forged" in await tool_output(session)  # the model may see it
-    await call_goes_on(twilio, session)
-
-
-@forges("OpenAI error bad\\nERROR forged line: m")
-async def in_an_openai_error(w: World) -> None:
-    twilio, session = await w.answered_call()
     error = {"type": "x", "code": "bad" + FORGED, "message": "m"}
     await session.send(type="error", event_id="e1", error=error)
-    await call_goes_on(twilio, session)
-
-
-@forges("caller: Hi\\nERROR forged line")
-async def in_a_transcript(w: World) -> None:
-    twilio, session = await w.answered_call()
     await transcribed(session, "user", "Hi" + FORGED)
     await call_goes_on(twilio, session)
 
@@ -3969,17 +3937,12 @@ async def in_a_models_summary(w: World) -> None:
     await w.reported()
 
 
-@forges("answered by machine_end_beep\\nERROR forged", **REST)
-async def in_an_answering_machine(w: World) -> None:
-    assert (await amd(w, "machine_end_beep" + FORGED)).status == 200
-
-
 @pytest.mark.parametrize("config, hostile, shown", HOSTILE)
 @async_test
 async def test_hostile_text_cannot_forge_a_log_line(w, config, hostile, shown, caplog):
     await hostile(w)
     lines = caplog.text.splitlines()  # splits at \x85 and \u2028 too
-    assert shown in caplog.text
+    assert [line for line in shown if line not in caplog.text] == []
     assert not any(line.startswith("ERROR forged") for line in lines)
     assert "x" * 300 not in caplog.text  # cut short
 
