@@ -3253,21 +3253,14 @@ def good_but(**fields) -> str:
 REFUSED = {"type": "refusal", "refusal": "I can't help with that."}
 NOT_JSON = {"type": "output_text", "text": "Sure! Here is your report:"}
 ONE_FIELD = {"type": "output_text", "text": json.dumps({"summary": "Hi."})}
-OPENAI_ERROR = {
-    "message": "Incorrect API key provided: sk-test.",
-    "type": "invalid_request_error",
-    "code": "invalid_api_key",
-}
-RATE_LIMIT = {"error": {"code": "rate_limit_exceeded", "message": "m"}}
+OPENAI_ERROR = {"type": "invalid_request_error", "code": "invalid_api_key"}
+OPENAI_ERROR["message"] = "Incorrect API key provided: sk-test."  # not shown
+BAD_KEY_401 = (401, json.dumps({"error": OPENAI_ERROR}))
+RATE_LIMIT = {"code": "rate_limit_exceeded", "message": "m"}
+RATE_LIMIT_429 = (429, json.dumps({"error": RATE_LIMIT}))
 FAILURES = {
-    "4xx": (
-        (401, json.dumps({"error": OPENAI_ERROR})),
-        "HTTP 401, OpenAI error invalid_api_key",
-    ),
-    "rate-limit": (
-        (429, json.dumps(RATE_LIMIT)),
-        "HTTP 429, OpenAI error rate_limit_exceeded: m",
-    ),
+    "4xx": (BAD_KEY_401, "HTTP 401, OpenAI error invalid_api_key"),
+    "rate-limit": (RATE_LIMIT_429, "HTTP 429, OpenAI error rate_limit_exceeded: m"),
     "timeout": ("late", "TimeoutError"),  # REPORT_TIMEOUT
     "not-json": ((502, "<html>Bad gateway</html>"), "JSONDecodeError"),
     "sentiment-3": ((200, good_but(sentiment=3.0)), "sentiment 3.0 is not from -1"),
@@ -3393,15 +3386,13 @@ async def test_no_transcript_is_written_through_a_planted_link(
 @async_test(twilio_auth_token=TOKEN)
 async def test_health_says_ok_with_the_call_count_and_503_while_draining(w):
     response = await w.client.get("/health")  # no signature needed
-    assert response.status == 200
-    assert await response.json() == health_body("ok", 0)
+    assert (response.status, await response.json()) == (200, health_body("ok", 0))
     twilio, session = await w.answered_call()
-    health = await (await w.client.get("/health")).json()
-    assert health == health_body("ok", 1)
+    response = await w.client.get("/health")
+    assert (response.status, await response.json()) == (200, health_body("ok", 1))
     w.state.drain_until = float("inf")  # what SIGTERM starts
     response = await w.client.get("/health")
-    assert response.status == 503
-    assert await response.json() == health_body("draining", 1)
+    assert (response.status, await response.json()) == (503, health_body("draining", 1))
     response = await w.post_signed({"CallSid": sid("CA", 9)})
     assert response.status == 503  # Twilio then tries the number's fallback URL
     assert len(w.openai.sessions) == 1
@@ -3425,8 +3416,7 @@ async def test_shutdown_hangs_up_every_call_and_waits_for_their_reports(
     await logged(caplog, "caller: Are you open on Sunday?")
     closed = [side.wait_closed() for call in calls for side in call]
     # Twilio answers the close frames while the server shuts down.
-    closing = asyncio.gather(w.client.server.close(), *closed)
-    await asyncio.wait_for(closing, TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(w.client.server.close(), *closed), TIMEOUT)
     assert w.state.calls == {} and w.state.reports == set()
     assert report_file(tmp_path, calls[0][0])["lead_score"] == 80
     assert "shutting down: closing 5 calls" in caplog.text
@@ -3477,9 +3467,7 @@ GUNICORN = (
 )
 ONE_WORKER = (*GUNICORN[:5], "--workers", "1", *GUNICORN[7:])
 TERM, INT = signal.SIGTERM, signal.SIGINT
-
-
-SIGNALS = {  # DRAIN_SECONDS, and the signals sent
+SIGNALS = {  # the command, its DRAIN_SECONDS, the signals sent
     "no-drain": ((), "0", [TERM]),
     "at-the-deadline": ((), "1", [TERM]),
     "second-sigterm": ((), "600", [TERM, TERM]),
