@@ -3592,18 +3592,14 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
             assert await workers.post("/incoming", {"CallSid": sid("CA", 2)}) == 503
             assert (await workers.health())[0] == 503
         elif how == "hup":  # the new worker takes new calls meanwhile (either may)
-            answers = [
-                await workers.post("/incoming", {"CallSid": sid("CA", n)})
-                for n in range(2, 12)
-            ]
-            assert 200 in answers
+            webhooks = [{"CallSid": sid("CA", n)} for n in range(2, 12)]
+            assert 200 in [await workers.post("/incoming", form) for form in webhooks]
         await twilio.hang_up()  # the caller hangs up: it ends now
         await session.wait_closed()
         await workers.logged("all calls ended")
-        if how == "hup":  # its successor's early sessions hang up at once
-            workers.signal(signal.SIGINT)
-        if how == "max-requests":
-            workers.signal(signal.SIGTERM)
+        successor = {"hup": INT, "max-requests": TERM}  # INT: its early sessions too
+        if how in successor:
+            workers.signal(successor[how])
         if how != "its-master-dies":
             assert await workers.exit_code() == 0
 
@@ -3612,13 +3608,11 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
 async def test_a_bad_setting_stops_gunicorn_instead_of_restarting_workers():
     command = [part.format(port=free_port()) for part in GUNICORN]
     code, _, err = await exits(*command, OPENAI_API_KEY="sk-test", VOICE="Bad")
-    assert code != 0
     lines = err.splitlines()
     refusals = [line for line in lines if line.startswith("VOICE='Bad' is not allowed")]
     assert 1 <= len(refusals) <= 2  # once a worker: no restart loop
-    # Ours is one line; gunicorn's master, halting while its second worker exits
-    # too, now and then prints a traceback of its own.
-    assert "bridge.py" not in err
+    # No traceback of ours (gunicorn's master, halting, may print one of its own).
+    assert code != 0 and "bridge.py" not in err
 
 
 # ---------------------------------------------------------------------------
@@ -3986,22 +3980,20 @@ async def test_refusals_past_the_first_few_are_counted_and_told_when_a_minute_en
 
 
 SMALL_LOG = (
-    "-c",
-    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()",
+    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()"
 )
 
 
 @async_test
 async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
-    async with running_bridge(*SMALL_LOG) as proc:
+    async with running_bridge("-c", SMALL_LOG) as proc:
         twilio, session = await proc.answered_call(1)
         proc.reading.clear()  # nobody reads the log: the pipe fills
         for i in range(400):  # about 400 KB of log lines
             await transcribed(session, "user", f"{i} " + "x" * 1000)
         await call_goes_on(twilio, session)  # audio still flows both ways
         proc.reading.set()
-        line = await proc.logged("log lines dropped")
-        assert "log lines dropped: the log's reader was too slow" in line
+        await proc.logged("log lines dropped: the log's reader was too slow")
         await twilio.hang_up()
         await proc.logged("call ended after")
         proc.reading.clear()  # stalled again, at the exit
