@@ -3724,35 +3724,15 @@ async def test_unsigned_the_bridge_listens_on_loopback_only_warns_and_holds_its_
         assert await proc.exit_code() == 0
 
 
-LOW_LIMIT = (
-    "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60)); "
-    "import asyncio.constants as c; c.ACCEPT_RETRY_DELAY = 0.1; "  # 1 s, shortened
-    "import bridge; bridge.REFUSALS_EVERY = 0.5; bridge.main()"  # a minute, shortened
-)
-
-
-@async_test
-async def test_the_open_files_limit_is_raised_and_running_out_is_a_few_lines():
-    async with running_bridge("-c", LOW_LIMIT) as proc:
-        await proc.logged("open files limit 60: room for about 20 calls")
-        address = ("127.0.0.1", proc.port)
-        sockets = [socket.create_connection(address) for _ in range(80)]  # > 60 files
-        await proc.logged("no file descriptor left")
-        # asyncio tries accept() again (each 0.1 s here), and fails each time: counted.
-        await proc.logged("refusals in the last minute")
-        for s in sockets:
-            s.close()
-        assert (await proc.health())[0] == 200
-        await proc.logged("file descriptors are free again: taking calls")
-        proc.signal(signal.SIGTERM)
-        await proc.logged("all calls ended")
-        output = "".join(proc.lines)
-        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
-        assert "Traceback" not in output
-
-
-HANGING_TOOL = """
-import asyncio, threading, bridge
+STARVED = """
+import asyncio, resource, threading
+import asyncio.constants as c
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60))
+c.ACCEPT_RETRY_DELAY = 0.1  # 1 s, shortened
+import bridge
+bridge.REFUSALS_EVERY = 0.5  # a minute, shortened
+bridge.CLOSE_TIMEOUT = 0.2  # 2 s: the test's sockets never answer the last close
+bridge.TOOL_TIMEOUT = 0.5
 @bridge.tool("Never returns.", dict(type="object"))  # (no braces: {port})
 def hang():
     threading.Event().wait()
@@ -3763,25 +3743,37 @@ async def stubborn(report):  # ignores every cancel
         except asyncio.CancelledError:
             pass
 bridge.after_call = stubborn
-bridge.CLOSE_TIMEOUT = 0.2  # 2 s: the test's sockets never answer the last close
-bridge.TOOL_TIMEOUT = 0.5
 bridge.main()
 """
 
 
 @async_test
-async def test_user_code_that_never_returns_cannot_starve_the_process_or_its_exit():
-    async with running_bridge("-c", HANGING_TOOL, REPORT_MODEL="m") as proc:
+async def test_out_of_files_or_threads_the_process_still_serves_and_exits():
+    async with running_bridge("-c", STARVED, REPORT_MODEL="m") as proc:
+        await proc.logged("open files limit 60: room for about 20 calls")
+        address = ("127.0.0.1", proc.port)
+        sockets = [socket.create_connection(address) for _ in range(80)]  # > 60 files
+        await proc.logged("no file descriptor left")
+        # asyncio tries accept() again (each 0.1 s here), and fails each time: counted.
+        await proc.logged("refusals in the last minute")
+        for s in sockets:
+            s.close()
+        assert (await proc.health())[0] == 200
+        await proc.logged("file descriptors are free again: taking calls")
         for i in range(10):  # more than the default executor's threads
             twilio, session = await proc.answered_call(i)
             await call_tool(session, "hang", "{}")
             await proc.logged(f"[{sid('CA', i)}] the model calls hang")
         twilio, session = await proc.answered_call(10)  # DNS: localhost
         await call_tool(session, "current_time", '{"zone": "UTC"}')
-        output = await session.next_of("conversation.item.create")
-        assert str(datetime.date.today().year) in output["item"]["output"]
-        proc.signal(signal.SIGTERM)
+        told = await session.next_of("conversation.item.create")
+        assert str(datetime.date.today().year) in told["item"]["output"]
+        proc.signal(signal.SIGTERM)  # and the stubborn after_call holds no exit
         assert await proc.exit_code() == 0
+        await proc.logged("all calls ended")
+        output = "".join(proc.lines)
+        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
+        assert "Traceback" not in output
 
 
 # ---------------------------------------------------------------------------
