@@ -3238,8 +3238,7 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     assert (report["turns"], report["barge_ins"]) == (3, 0)
     assert isinstance(report["median_reply_latency_ms"], int)
     assert report["report_model"] == "gpt-5.4-mini"
-    assert {name: report[name] for name in GOOD_REPORT} == GOOD_REPORT
-    assert handed_on == [report]
+    assert report.items() >= GOOD_REPORT.items() and handed_on == [report]
     logged = "report: sentiment 0.6, lead score 80: Ada booked a table for two."
     assert f"[{twilio.call_sid}] {logged}" in caplog.text
 
@@ -4312,8 +4311,7 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
         assert len(w.openai.sessions) == 2
         await browser.close()
     assert not errors
-    # The bridge's own lines: asyncio's debug warnings (-X dev on a busy machine,
-    # a slow callback) are not the bridge's to answer for.
+    # The bridge's own (asyncio's debug warnings of a slow callback are not its).
     bridge_records = [r for r in caplog.records if r.name == "bridge"]
     warnings = [r.message for r in bridge_records if r.levelno >= logging.WARNING]
     assert warnings == ["TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)"]
