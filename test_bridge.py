@@ -4032,8 +4032,7 @@ def test_the_mask_takes_secrets_and_twilios_basic_auth_out_of_lines_and_tracebac
 ):
     monkeypatch.setattr(bridge, "SECRETS", {})
     token = "fedcba9876543210" * 2
-    config = bridge.Config(twilio_account_sid=SID, twilio_auth_token=token)
-    bridge.make_app(config)
+    bridge.make_app(bridge.Config(twilio_account_sid=SID, twilio_auth_token=token))
     login = base64.b64encode(f"{SID}:{token}".encode()).decode()
     echoed = f"a proxy's page: Authorization: Basic {login}, token {token}"
     shown = bridge.printable(echoed, 300)
