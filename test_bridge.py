@@ -3133,9 +3133,8 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     await transcribed(session, "assistant", "Booked, Ada!")
     await twilio.hang_up()
     await w.reported()
-    auth, request = w.responses.requests[0]
-    assert auth == "Bearer sk-test" and len(w.responses.requests) == 1
-    assert set(request) == {"model", "input", "text"}
+    [(auth, request)] = w.responses.requests
+    assert (auth, set(request)) == ("Bearer sk-test", {"model", "input", "text"})
     assert request["model"] == "gpt-5.4-mini"
     said = "agent: Hello, Acme here.\ncaller: A table for two, please. I'm Ada."
     assert request["input"] == [
@@ -3158,9 +3157,8 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
         *("turns", "barge_ins", "median_reply_latency_ms", "usage", "report_model"),
         *GOOD_REPORT,
     ]
-    assert report["call_sid"] == twilio.call_sid
-    parties = (report["from"], report["to"], report["direction"])
-    assert parties == ("+15551230000", "+15557650000", "inbound")
+    parties = (report["call_sid"], report["from"], report["to"], report["direction"])
+    assert parties == (twilio.call_sid, "+15551230000", "+15557650000", "inbound")
     started = datetime.datetime.fromisoformat(report["started"])
     assert started.utcoffset() == datetime.timedelta(0)
     age = datetime.datetime.now(datetime.UTC) - started
@@ -3168,8 +3166,7 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     assert (report["turns"], report["barge_ins"]) == (3, 0)
     assert isinstance(report["median_reply_latency_ms"], int)
     assert report["report_model"] == "gpt-5.4-mini"
-    assert {name: report[name] for name in GOOD_REPORT} == GOOD_REPORT
-    assert handed_on == [report]
+    assert report.items() >= GOOD_REPORT.items() and handed_on == [report]
     logged = "report: sentiment 0.6, lead score 80: Ada booked a table for two."
     assert f"[{twilio.call_sid}] {logged}" in caplog.text
 
@@ -3181,21 +3178,14 @@ def good_but(**fields) -> str:
 REFUSED = {"type": "refusal", "refusal": "I can't help with that."}
 NOT_JSON = {"type": "output_text", "text": "Sure! Here is your report:"}
 ONE_FIELD = {"type": "output_text", "text": json.dumps({"summary": "Hi."})}
-OPENAI_ERROR = {
-    "message": "Incorrect API key provided: sk-test.",
-    "type": "invalid_request_error",
-    "code": "invalid_api_key",
-}
-RATE_LIMIT = {"error": {"code": "rate_limit_exceeded", "message": "m"}}
+OPENAI_ERROR = {"type": "invalid_request_error", "code": "invalid_api_key"}
+OPENAI_ERROR["message"] = "Incorrect API key provided: sk-test."  # not shown
+BAD_KEY_401 = (401, json.dumps({"error": OPENAI_ERROR}))
+RATE_LIMIT = {"code": "rate_limit_exceeded", "message": "m"}
+RATE_LIMIT_429 = (429, json.dumps({"error": RATE_LIMIT}))
 FAILURES = {
-    "4xx": (
-        (401, json.dumps({"error": OPENAI_ERROR})),
-        "HTTP 401, OpenAI error invalid_api_key",
-    ),
-    "rate-limit": (
-        (429, json.dumps(RATE_LIMIT)),
-        "HTTP 429, OpenAI error rate_limit_exceeded: m",
-    ),
+    "4xx": (BAD_KEY_401, "HTTP 401, OpenAI error invalid_api_key"),
+    "rate-limit": (RATE_LIMIT_429, "HTTP 429, OpenAI error rate_limit_exceeded: m"),
     "timeout": ("late", "TimeoutError"),  # REPORT_TIMEOUT
     "not-json": ((502, "<html>Bad gateway</html>"), "JSONDecodeError"),
     "sentiment-3": ((200, good_but(sentiment=3.0)), "sentiment 3.0 is not from -1"),
@@ -3233,31 +3223,17 @@ async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
     assert handed_on == [report]
 
 
-@async_test(**REPORTING)
-async def test_a_call_without_a_caller_turn_asks_no_model_but_is_reported(
-    twilio, session, w, handed_on
-):
-    await transcribed(session, "assistant", "Hello? Anybody there?")
-    await twilio.hang_up()
-    await w.reported()
-    assert w.responses.requests == []
-    [report] = handed_on
-    assert report["call_sid"] == CA1 and report["turns"] == 1
-    assert not {"summary", "error"} & set(report)
-
-
-@async_test(transcript_dir=TMP)
-async def test_without_report_model_there_is_no_report(w, tmp_path, handed_on):
-    twilio = await w.caller_said("Hello?")
-    await w.reported()
-    assert w.responses.requests == [] and handed_on == []
-    assert [p.name for p in tmp_path.iterdir()] == [f"{twilio.call_sid}.jsonl"]
-
-
 @pytest.mark.parametrize("who", ["caller", "agent"])
-@async_test(**REPORTING)
-async def test_a_slow_report_never_delays_the_hang_up(twilio, session, w, who, caplog):
+@async_test(
+    transcript_dir=TMP, drain_seconds=60, **REPORTING, shorten={"DRAIN_REPORT": 0.1}
+)
+async def test_a_slow_report_delays_no_hang_up_and_a_drain_waits_for_it(
+    twilio, session, w, who, tmp_path, caplog
+):
     w.responses.answering.clear()  # the model takes its time
+    draining = asyncio.create_task(bridge.drain(w.app))
+    await logged(caplog, "draining: 1 call for up to 60 s")
+    await logged(caplog, "draining: 1 call left")
     await transcribed(session, "user", "Bye now.")
     if who == "caller":
         await twilio.send(event="stop", stop={})
@@ -3266,14 +3242,17 @@ async def test_a_slow_report_never_delays_the_hang_up(twilio, session, w, who, c
     await twilio.wait_closed()
     await session.wait_closed()
     await w.responses.request()
-    assert len(w.state.reports) == 1  # still waiting for its answer
+    assert len(w.state.reports) == 1 and w.state.calls == {}  # its answer is late
     w.responses.answering.set()
-    await w.reported()
+    await asyncio.wait_for(draining, TIMEOUT)  # over once the last report is written
+    assert report_file(tmp_path, twilio)["lead_score"] == 80
     assert "report: sentiment 0.6, lead score 80" in caplog.text
 
 
 @async_test
-async def test_the_report_says_the_call_was_recorded_and_transferred(tmp_path, caplog):
+async def test_a_silent_callers_report_asks_no_model_and_tells_recording_and_transfer(
+    tmp_path, caplog, handed_on
+):
     recording = "RE" + "1" * 32
     config = {**REST, "record_calls": True, "transfer_number": "+15559990000"}
     async with world(transcript_dir=str(tmp_path), **config, **REPORTING) as w:
@@ -3281,12 +3260,15 @@ async def test_the_report_says_the_call_was_recorded_and_transferred(tmp_path, c
         twilio, session = await transfer_call(w)
         await twilio.mark("1")
         await logged(caplog, "transferred to +15559990000")
-        await transcribed(session, "user", "Thanks.")
+        await transcribed(session, "assistant", "Transferring you now.")
         await twilio.hang_up()  # Twilio leaves our TwiML
         await w.reported()
+        assert w.responses.requests == []  # no caller turn: no cost
     report = report_file(tmp_path, twilio)
     assert (report["recorded"], report["transferred"]) == (recording, "+15559990000")
     assert list(report).index("transferred") < list(report).index("report_model")
+    assert (report["call_sid"], report["turns"]) == (CA1, 1)
+    assert not {"summary", "error"} & set(report) and handed_on == [report]
 
 
 @async_test
@@ -3302,36 +3284,25 @@ async def test_transcripts_and_reports_are_private(tmp_path, monkeypatch):
             await w.reported()
     finally:
         os.umask(umask)
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    for path in folder.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode) for p in (folder, *folder.glob("*"))
+    }
+    assert modes == {"today": 0o700, f"{CA1}.jsonl": 0o600, f"{CA1}.report.json": 0o600}
 
 
-@async_test(transcript_dir=TMP)
-async def test_no_transcript_is_written_through_a_planted_link(w, tmp_path, caplog):
+@async_test(transcript_dir=TMP)  # and no REPORT_MODEL: no report
+async def test_no_transcript_is_written_through_a_planted_link(
+    w, tmp_path, caplog, handed_on
+):
     target = tmp_path / "elsewhere"
     target.write_text("not yours\n")
     (tmp_path / f"{CA1}.jsonl").symlink_to(target)
     twilio = await w.caller_said("Hello?")
-    await wound_down(w.app)
+    await w.reported()
     assert twilio.call_sid == CA1 and target.read_text() == "not yours\n"
     assert "transcript not written" in caplog.text
-
-
-@async_test(transcript_dir=TMP, **REPORTING)
-async def test_the_models_strings_are_clean_before_anyone_sees_them(
-    w, tmp_path, handed_on
-):
-    hostile = {"summary": "\ud800\u2028\x00 x\ny", "sentiment": 0, "lead_score": 1}
-    text = json.dumps(hostile | {"follow_up": "\x00"})
-    message = {"type": "message", "content": [{"type": "output_text", "text": text}]}
-    body = {"status": "completed", "output": [message]}
-    w.responses.answers = [(200, json.dumps(body))]
-    twilio = await w.caller_said("Hello?\x00")
-    await w.reported()
-    [report] = handed_on
-    assert (report["summary"], report["follow_up"]) == (" x\ny", "")
-    assert report_file(tmp_path, twilio)["summary"] == " x\ny"
+    assert w.responses.requests == [] and handed_on == []
+    assert {p.name for p in tmp_path.iterdir()} == {"elsewhere", f"{CA1}.jsonl"}
 
 
 # ---------------------------------------------------------------------------
@@ -3341,15 +3312,13 @@ async def test_the_models_strings_are_clean_before_anyone_sees_them(
 @async_test(twilio_auth_token=TOKEN)
 async def test_health_says_ok_with_the_call_count_and_503_while_draining(w):
     response = await w.client.get("/health")  # no signature needed
-    assert response.status == 200
-    assert await response.json() == health_body("ok", 0)
+    assert (response.status, await response.json()) == (200, health_body("ok", 0))
     twilio, session = await w.answered_call()
-    health = await (await w.client.get("/health")).json()
-    assert health == health_body("ok", 1)
+    response = await w.client.get("/health")
+    assert (response.status, await response.json()) == (200, health_body("ok", 1))
     w.state.drain_until = float("inf")  # what SIGTERM starts
     response = await w.client.get("/health")
-    assert response.status == 503
-    assert await response.json() == health_body("draining", 1)
+    assert (response.status, await response.json()) == (503, health_body("draining", 1))
     response = await w.post_signed({"CallSid": sid("CA", 9)})
     assert response.status == 503  # Twilio then tries the number's fallback URL
     assert len(w.openai.sessions) == 1
@@ -3364,27 +3333,6 @@ async def test_a_stalled_loop_is_measured_and_sheds_calls(w):
     assert "the event loop runs" in bridge.overloaded(w.state)
 
 
-@async_test(drain_seconds=60, shorten={"DRAIN_REPORT": 0.1})
-async def test_a_drain_logs_how_many_calls_are_left(twilio, session, w, caplog):
-    draining = asyncio.create_task(bridge.drain(w.app))
-    await logged(caplog, "draining: 1 call for up to 60 s")
-    await logged(caplog, "draining: 1 call left")
-    await twilio.hang_up()
-    await asyncio.wait_for(draining, TIMEOUT)  # over once the last call ends
-
-
-@async_test(transcript_dir=TMP, drain_seconds=60, **REPORTING)
-async def test_a_drain_waits_for_a_report_in_flight(w, tmp_path):
-    w.responses.answering.clear()
-    twilio = await w.caller_said("Call me back tomorrow.")
-    await w.responses.request()  # the call has ended; its report is in flight
-    assert w.state.calls == {}
-    draining = asyncio.create_task(bridge.drain(w.app))
-    w.responses.answering.set()
-    await asyncio.wait_for(draining, TIMEOUT)
-    assert report_file(tmp_path, twilio)["lead_score"] == 80  # written before
-
-
 @async_test(transcript_dir=TMP, **REPORTING)
 async def test_shutdown_hangs_up_every_call_and_waits_for_their_reports(
     w, tmp_path, caplog
@@ -3394,12 +3342,11 @@ async def test_shutdown_hangs_up_every_call_and_waits_for_their_reports(
     await logged(caplog, "caller: Are you open on Sunday?")
     closed = [side.wait_closed() for call in calls for side in call]
     # Twilio answers the close frames while the server shuts down.
-    closing = asyncio.gather(w.client.server.close(), *closed)
-    await asyncio.wait_for(closing, TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(w.client.server.close(), *closed), TIMEOUT)
     assert w.state.calls == {} and w.state.reports == set()
     assert report_file(tmp_path, calls[0][0])["lead_score"] == 80
     assert "shutting down: closing 5 calls" in caplog.text
-    assert "all calls ended" in caplog.text
+    assert "all calls ended" in caplog.text.split("shutting down: closing 5 calls")[1]
 
 
 @async_test
@@ -3424,9 +3371,7 @@ async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind(w):
 
         await asyncio.gather(*(answer(s) for s in sessions))
         for i, twilio in enumerate(twilios):
-            media = await twilio.receive()
-            assert media["streamSid"] == twilio.stream_sid
-            assert tag_of(media["media"]["payload"]) == f"agent{i}"
+            assert await twilio.receive() == media_for(twilio, f"agent{i}")
         await asyncio.gather(*(t.hang_up() for t in twilios))
         await asyncio.gather(*(s.wait_closed() for s in sessions))
     await wound_down(w.app)
@@ -3439,24 +3384,36 @@ async def test_many_concurrent_calls_stay_isolated_and_leave_nothing_behind(w):
 # Signals: SIGTERM drains, Ctrl-C or a second signal hangs up at once
 
 
-@pytest.mark.parametrize(
-    "seconds, second",
-    [("0", None), ("1", None), ("600", signal.SIGTERM), ("600", signal.SIGINT)],
-    ids=["no-drain", "at-the-deadline", "second-sigterm", "ctrl-c"],
+# The README's command: the bridge's own worker class, two workers.
+GUNICORN = (
+    *("-m", "gunicorn", "bridge:create_app()", "--worker-class", "bridge.Worker"),
+    *("--workers", "2", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "60"),
 )
+ONE_WORKER = (*GUNICORN[:5], "--workers", "1", *GUNICORN[7:])
+TERM, INT = signal.SIGTERM, signal.SIGINT
+SIGNALS = {  # the command, its DRAIN_SECONDS, the signals sent
+    "no-drain": ((), "0", [TERM]),
+    "at-the-deadline": ((), "1", [TERM]),
+    "second-sigterm": ((), "600", [TERM, TERM]),
+    "ctrl-c": ((), "600", [TERM, INT]),
+    "gunicorn-ctrl-c": (GUNICORN, "600", [INT]),
+}
+
+
+@pytest.mark.parametrize("command, seconds, signals", SIGNALS.values(), ids=SIGNALS)
 @async_test
 async def test_sigterm_hangs_up_the_calls_and_waiting_streams_at_the_drains_end(
-    seconds, second
+    command, seconds, signals
 ):
-    async with running_bridge(DRAIN_SECONDS=seconds) as proc:
+    async with running_bridge(*command, DRAIN_SECONDS=seconds) as proc:
         silent = (await proc.stream(0)).ws  # a stream that has not sent `start`
         closed = asyncio.create_task(silent.receive())  # it answers our close
         twilio, session = await proc.answered_call(1)
-        proc.signal(signal.SIGTERM)
-        if seconds != "0":
+        proc.signal(signals[0])
+        if drains := signals[0] == TERM and seconds != "0":
             await proc.logged("draining: 1 call for")
-        if second:  # or at once, at a second signal
-            proc.signal(second)
+        for number in signals[1:]:  # or at once, at a second signal
+            proc.signal(number)
         await twilio.wait_closed()  # a close frame on both sides
         await session.wait_closed()
         # Well before the 10 s that a stream may take to send its `start`.
@@ -3464,6 +3421,7 @@ async def test_sigterm_hangs_up_the_calls_and_waiting_streams_at_the_drains_end(
         ended = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert (await asyncio.wait_for(closed, TIMEOUT)).type in ended
         await proc.logged("all calls ended")
+        assert drains or "draining" not in "".join(proc.lines)
 
 
 @async_test
@@ -3489,13 +3447,6 @@ async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
 
 # ---------------------------------------------------------------------------
 # gunicorn workers
-
-# The README's command: the bridge's own worker class, two workers.
-GUNICORN = (
-    *("-m", "gunicorn", "bridge:create_app()", "--worker-class", "bridge.Worker"),
-    *("--workers", "2", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "60"),
-)
-ONE_WORKER = (*GUNICORN[:5], "--workers", "1", *GUNICORN[7:])
 
 
 @async_test
@@ -3565,44 +3516,27 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
             assert await workers.post("/incoming", {"CallSid": sid("CA", 2)}) == 503
             assert (await workers.health())[0] == 503
         elif how == "hup":  # the new worker takes new calls meanwhile (either may)
-            answers = [
-                await workers.post("/incoming", {"CallSid": sid("CA", n)})
-                for n in range(2, 12)
-            ]
-            assert 200 in answers
+            webhooks = [{"CallSid": sid("CA", n)} for n in range(2, 12)]
+            assert 200 in [await workers.post("/incoming", form) for form in webhooks]
         await twilio.hang_up()  # the caller hangs up: it ends now
         await session.wait_closed()
         await workers.logged("all calls ended")
-        if how == "hup":  # its successor's early sessions hang up at once
-            workers.signal(signal.SIGINT)
-        if how == "max-requests":
-            workers.signal(signal.SIGTERM)
+        successor = {"hup": INT, "max-requests": TERM}  # INT: its early sessions too
+        if how in successor:
+            workers.signal(successor[how])
         if how != "its-master-dies":
             assert await workers.exit_code() == 0
-
-
-@async_test
-async def test_ctrl_c_to_gunicorn_hangs_up_at_once():
-    async with running_bridge(*GUNICORN, DRAIN_SECONDS="600") as workers:
-        twilio, session = await workers.answered_call(1)
-        workers.signal(signal.SIGINT)
-        await twilio.wait_closed()
-        await session.wait_closed()
-        assert await workers.exit_code() == 0
-        assert "draining" not in "".join(workers.lines)
 
 
 @async_test
 async def test_a_bad_setting_stops_gunicorn_instead_of_restarting_workers():
     command = [part.format(port=free_port()) for part in GUNICORN]
     code, _, err = await exits(*command, OPENAI_API_KEY="sk-test", VOICE="Bad")
-    assert code != 0
     lines = err.splitlines()
     refusals = [line for line in lines if line.startswith("VOICE='Bad' is not allowed")]
     assert 1 <= len(refusals) <= 2  # once a worker: no restart loop
-    # Ours is one line; gunicorn's master, halting while its second worker exits
-    # too, now and then prints a traceback of its own.
-    assert "bridge.py" not in err
+    # No traceback of ours (gunicorn's master, halting, may print one of its own).
+    assert code != 0 and "bridge.py" not in err
 
 
 # ---------------------------------------------------------------------------
@@ -3617,39 +3551,27 @@ def shutting(days: int) -> tuple[int, dict]:
     return 200, {"id": "m", "object": "model", "shutdown_date": when}
 
 
+def models(answer: tuple, model: str = "gpt-realtime") -> dict:
+    """A config whose models API answers this about this model."""
+    return {"models": {model: answer}}
+
+
 SHUTS = "OPENAI_MODEL=gpt-realtime "
 NOT_FOUND = (404, {"error": {"code": "model_not_found"}})
 NO_KEY_401 = (401, {"error": {"code": "invalid_api_key"}})
+NO_SUCH = "TRANSCRIBE_MODEL=whisper-1: OpenAI has no such model (a typo?)"
+BAD_KEY = "OpenAI refused OPENAI_API_KEY (HTTP 401): check it"
+MODELS = {  # a config, and the level and text of the one line it logs
+    "far": (models(shutting(200)), "WARNING", SHUTS + "shuts down on"),
+    "near": (models(shutting(20)), "ERROR", "in 20 days: choose"),
+    "past": (models(shutting(-1)), "ERROR", SHUTS + "was shut down on"),
+    "unknown": (models(NOT_FOUND, "whisper-1"), "WARNING", NO_SUCH),
+    "bad-key": (models(NO_KEY_401), "ERROR", BAD_KEY),
+    "failing": (models((500, {})), "WARNING", SHUTS[:-1] + ": HTTP 500"),
+}
 
 
-@pytest.mark.parametrize(
-    "config, level, said",
-    [
-        (
-            {"models": {"gpt-realtime": shutting(200)}},
-            "WARNING",
-            SHUTS + "shuts down on",
-        ),
-        ({"models": {"gpt-realtime": shutting(20)}}, "ERROR", "in 20 days: choose"),
-        (
-            {"models": {"gpt-realtime": shutting(-1)}},
-            "ERROR",
-            SHUTS + "was shut down on",
-        ),
-        (
-            {"models": {"whisper-1": NOT_FOUND}},
-            "WARNING",
-            "TRANSCRIBE_MODEL=whisper-1: OpenAI has no such model (a typo?)",
-        ),
-        (
-            {"models": {"gpt-realtime": NO_KEY_401}},
-            "ERROR",
-            "OpenAI refused OPENAI_API_KEY (HTTP 401): check it",
-        ),
-        ({"models": {"gpt-realtime": (500, {})}}, "WARNING", SHUTS[:-1] + ": HTTP 500"),
-    ],
-    ids=["far", "near", "past", "unknown", "bad-key", "failing"],
-)
+@pytest.mark.parametrize("config, level, said", MODELS.values(), ids=MODELS)
 @async_test(
     twilio_auth_token=TOKEN, openai_model="gpt-realtime", transcribe_model="whisper-1"
 )
@@ -3674,10 +3596,8 @@ async def test_an_unanswered_models_api_delays_no_call(w, caplog, monkeypatch):
     assert checking()  # still waiting for its answer, while the call goes on
     monkeypatch.setattr(bridge, "PREFLIGHT_TIMEOUT", 0.2)
     await bridge.check_models(w.state)
-    why = "no answer in time"
-    assert (
-        f"could not ask OpenAI about the models, serving anyway: {why}" in caplog.text
-    )
+    said = "could not ask OpenAI about the models, serving anyway: no answer in time"
+    assert said in caplog.text
 
 
 def listening_on(port: int) -> set[str]:
@@ -3705,7 +3625,7 @@ LOOPBACK, ANY = "0100007F", "00000000"  # 127.0.0.1 and 0.0.0.0, as /proc writes
     ids=["unsigned-loopback", "host-set", "signed-everywhere"],
 )
 @async_test
-async def test_without_signatures_the_bridge_listens_on_loopback_only_and_warns(
+async def test_unsigned_the_bridge_listens_on_loopback_only_warns_and_holds_its_port(
     env, addresses, said
 ):
     async with running_bridge(**{"TWILIO_AUTH_TOKEN": "", **env}) as proc:
@@ -3718,52 +3638,25 @@ async def test_without_signatures_the_bridge_listens_on_loopback_only_and_warns(
         messages = [line.split(" ", 4)[4] for line in proc.lines]  # after the pid
         told = {line for line in messages if "TWILIO_AUTH" in line or "/phone" in line}
         assert told == (set() if env.get("TWILIO_AUTH_TOKEN") else {warned, phone})
+        if not env:  # a second bridge on its port: one line, and a non-zero exit
+            code, _, err = await exits(OPENAI_API_KEY="sk-test", PORT=str(proc.port))
+            assert code == 3 and "Traceback" not in err and "Unclosed" not in err
+            last = err.splitlines()[-1]  # after the start-up's lines
+            assert last.startswith(f"cannot listen on 127.0.0.1 port {proc.port}: ")
+            assert last.endswith("address already in use")
         proc.signal(signal.SIGTERM)
         assert await proc.exit_code() == 0
 
 
-@async_test
-async def test_a_port_in_use_is_one_line_and_a_non_zero_exit():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code, _, err = await exits(OPENAI_API_KEY="sk-test", PORT=str(port))
-    assert code == 3 and "Traceback" not in err and "Unclosed" not in err
-    last = err.splitlines()[-1]  # after the start-up's lines
-    assert last.startswith(f"cannot listen on 127.0.0.1 port {port}: ")
-    assert last.endswith("address already in use")
-
-
-LOW_LIMIT = (
-    "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60)); "
-    "import asyncio.constants as c; c.ACCEPT_RETRY_DELAY = 0.1; "  # 1 s, shortened
-    "import bridge; bridge.REFUSALS_EVERY = 0.5; bridge.main()"  # a minute, shortened
-)
-
-
-@async_test
-async def test_the_open_files_limit_is_raised_and_running_out_is_a_few_lines():
-    async with running_bridge("-c", LOW_LIMIT) as proc:
-        await proc.logged("open files limit 60: room for about 20 calls")
-        address = ("127.0.0.1", proc.port)
-        sockets = [socket.create_connection(address) for _ in range(80)]  # > 60 files
-        await proc.logged("no file descriptor left")
-        # asyncio tries accept() again (each 0.1 s here), and fails each time: counted.
-        await proc.logged("refusals in the last minute")
-        for s in sockets:
-            s.close()
-        assert (await proc.health())[0] == 200
-        await proc.logged("file descriptors are free again: taking calls")
-        proc.signal(signal.SIGTERM)
-        await proc.logged("all calls ended")
-        output = "".join(proc.lines)
-        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
-        assert "Traceback" not in output
-
-
-HANGING_TOOL = """
-import asyncio, threading, bridge
+STARVED = """
+import asyncio, resource, threading
+import asyncio.constants as c
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 60))
+c.ACCEPT_RETRY_DELAY = 0.1  # 1 s, shortened
+import bridge
+bridge.REFUSALS_EVERY = 0.5  # a minute, shortened
+bridge.CLOSE_TIMEOUT = 0.2  # 2 s: the test's sockets never answer the last close
+bridge.TOOL_TIMEOUT = 0.5
 @bridge.tool("Never returns.", dict(type="object"))  # (no braces: {port})
 def hang():
     threading.Event().wait()
@@ -3774,25 +3667,37 @@ async def stubborn(report):  # ignores every cancel
         except asyncio.CancelledError:
             pass
 bridge.after_call = stubborn
-bridge.CLOSE_TIMEOUT = 0.2  # 2 s: the test's sockets never answer the last close
-bridge.TOOL_TIMEOUT = 0.5
 bridge.main()
 """
 
 
 @async_test
-async def test_user_code_that_never_returns_cannot_starve_the_process_or_its_exit():
-    async with running_bridge("-c", HANGING_TOOL, REPORT_MODEL="m") as proc:
+async def test_out_of_files_or_threads_the_process_still_serves_and_exits():
+    async with running_bridge("-c", STARVED, REPORT_MODEL="m") as proc:
+        await proc.logged("open files limit 60: room for about 20 calls")
+        address = ("127.0.0.1", proc.port)
+        sockets = [socket.create_connection(address) for _ in range(80)]  # > 60 files
+        await proc.logged("no file descriptor left")
+        # asyncio tries accept() again (each 0.1 s here), and fails each time: counted.
+        await proc.logged("refusals in the last minute")
+        for s in sockets:
+            s.close()
+        assert (await proc.health())[0] == 200
+        await proc.logged("file descriptors are free again: taking calls")
         for i in range(10):  # more than the default executor's threads
             twilio, session = await proc.answered_call(i)
             await call_tool(session, "hang", "{}")
             await proc.logged(f"[{sid('CA', i)}] the model calls hang")
         twilio, session = await proc.answered_call(10)  # DNS: localhost
         await call_tool(session, "current_time", '{"zone": "UTC"}')
-        output = await session.next_of("conversation.item.create")
-        assert str(datetime.date.today().year) in output["item"]["output"]
-        proc.signal(signal.SIGTERM)
+        told = await session.next_of("conversation.item.create")
+        assert str(datetime.date.today().year) in told["item"]["output"]
+        proc.signal(signal.SIGTERM)  # and the stubborn after_call holds no exit
         assert await proc.exit_code() == 0
+        await proc.logged("all calls ended")
+        output = "".join(proc.lines)
+        assert output.count("no file descriptor left") <= 3 * bridge.WARNINGS_SHOWN
+        assert "Traceback" not in output
 
 
 # ---------------------------------------------------------------------------
@@ -3872,64 +3777,53 @@ async def test_the_call_command_says_why_it_placed_no_call(
 # Log safety: text from a peer cannot forge a line, nor flood the log
 
 FORGED = "\nERROR forged line"
-HOSTILE = []  # config, a scenario with FORGED in a peer's text, the line logged
+HOSTILE = []  # config, a scenario with FORGED in peers' text, the lines logged
 
 
-def forges(shown: str, **config):
+def forges(*shown: str, **config):
     def register(hostile):
-        name = hostile.__name__.removeprefix("in_a_").removeprefix("in_an_")
+        name = hostile.__name__.removeprefix("in_")
         HOSTILE.append(pytest.param(config, hostile, shown, id=name))
         return hostile
 
     return register
 
 
-@forges("example.com\\x85ERROR forged line", twilio_auth_token=TOKEN)
-async def in_a_host_header(w: World) -> None:
+@forges(
+    "example.com\\x85ERROR forged line",
+    "POST /incoming\\nERROR forged line: Not Found",
+    "answered by machine_end_beep\\nERROR forged",
+    **REST,
+)
+async def in_requests(w: World) -> None:
     headers = {"Host": "example.com\x85ERROR forged line"}  # \x85: a line break
     assert (await w.client.post("/incoming", data=FORM, headers=headers)).status == 403
-
-
-@forges("POST /incoming\\nERROR forged line: Not Found")
-async def in_a_path(w: World) -> None:
     assert (await w.client.post("/incoming%0AERROR forged line")).status == 404
+    assert (await amd(w, "machine_end_beep" + FORGED)).status == 200
 
 
-@forges("unknown Twilio event dance\\nERROR forged line ignored")
-async def in_a_twilio_event(w: World) -> None:
+@forges(
+    "unknown Twilio event dance\\nERROR forged line ignored", f"[{CA1}] {NOT_A_KEY}"
+)
+async def in_twilios_messages(w: World) -> None:
     twilio, session = await w.answered_call()
     await twilio.send(event="dance" + FORGED)
-    await call_goes_on(twilio, session)
-
-
-@forges(f"[{CA1}] {NOT_A_KEY}")
-async def in_a_keypress(w: World) -> None:
-    twilio, session = await w.answered_call()
     await twilio.press("1" + FORGED)
     await call_goes_on(twilio, session)
 
 
-@forges("'x\\nERROR forged line'")
-async def in_a_tools_arguments(w: World) -> None:
+@forges(
+    "'x\\nERROR forged line'",  # a tool's arguments
+    "OpenAI error bad\\nERROR forged line: m",
+    "caller: Hi\\nERROR forged line",
+)
+async def in_openais_messages(w: World) -> None:
     twilio, session = await w.answered_call()
-    await call_tool(
-        session, "current_time", json.dumps({"zone": "UTC", "x" + FORGED: 1})
-    )
+    arguments = json.dumps({"zone": "UTC", "x" + FORGED: 1})
+    await call_tool(session, "current_time", arguments)
     assert "forged" in await tool_output(session)  # the model may see it
-    await call_goes_on(twilio, session)
-
-
-@forges("OpenAI error bad\\nERROR forged line: m")
-async def in_an_openai_error(w: World) -> None:
-    twilio, session = await w.answered_call()
     error = {"type": "x", "code": "bad" + FORGED, "message": "m"}
     await session.send(type="error", event_id="e1", error=error)
-    await call_goes_on(twilio, session)
-
-
-@forges("caller: Hi\\nERROR forged line")
-async def in_a_transcript(w: World) -> None:
-    twilio, session = await w.answered_call()
     await transcribed(session, "user", "Hi" + FORGED)
     await call_goes_on(twilio, session)
 
@@ -3941,17 +3835,12 @@ async def in_a_models_summary(w: World) -> None:
     await w.reported()
 
 
-@forges("answered by machine_end_beep\\nERROR forged", **REST)
-async def in_an_answering_machine(w: World) -> None:
-    assert (await amd(w, "machine_end_beep" + FORGED)).status == 200
-
-
 @pytest.mark.parametrize("config, hostile, shown", HOSTILE)
 @async_test
 async def test_hostile_text_cannot_forge_a_log_line(w, config, hostile, shown, caplog):
     await hostile(w)
     lines = caplog.text.splitlines()  # splits at \x85 and \u2028 too
-    assert shown in caplog.text
+    assert [line for line in shown if line not in caplog.text] == []
     assert not any(line.startswith("ERROR forged") for line in lines)
     assert "x" * 300 not in caplog.text  # cut short
 
@@ -3969,18 +3858,27 @@ async def test_peer_text_cannot_flood_the_log(twilio, session, w, caplog):
     assert "98 repeated warnings not shown" in summary_of(caplog)
 
 
+MALFORMED = b"POST /incoming HTTP/1.1\r\nHost: x\r\nBad\x01Header: 1\r\n\r\n"
+
+
 @async_test(twilio_auth_token=TOKEN)
-async def test_a_flood_of_unsigned_requests_adds_little_to_the_log(w, caplog):
+async def test_a_flood_of_unsigned_or_malformed_requests_adds_little_to_the_log(
+    w, caplog
+):
     query = "x=" + "a" * 7000
     for _ in range(1000):
         response = await w.client.post(f"/incoming?{query}", data=FORM)
         assert response.status == 403
+    for _ in range(100):  # aiohttp would log a traceback each
+        assert (await w.raw(MALFORMED)).startswith(b"HTTP/1.0 400 Bad Request")
     lines = bridge_lines(caplog)
     assert sum(len(line) for line in lines) < 100_000
     assert max(len(line) for line in lines) <= 300
     assert sum("bad signature" in line for line in lines) == bridge.WARNINGS_SHOWN
+    malformed = sum("a malformed HTTP request refused" in line for line in lines)
+    assert malformed == bridge.WARNINGS_SHOWN and len(caplog.text.splitlines()) < 20
     await w.client.server.close()  # at exit, the rest are counted
-    assert f"{1000 - bridge.WARNINGS_SHOWN} more refusals in the last" in caplog.text
+    assert f"{1100 - 2 * bridge.WARNINGS_SHOWN} more refusals in the" in caplog.text
 
 
 @async_test(
@@ -3997,35 +3895,21 @@ async def test_refusals_past_the_first_few_are_counted_and_told_when_a_minute_en
     assert shown + hidden == 5 and shown >= bridge.WARNINGS_SHOWN
 
 
-@async_test
-async def test_malformed_http_is_one_short_line_not_a_traceback_each(w, caplog):
-    for _ in range(100):
-        answer = await w.raw(
-            b"POST /incoming HTTP/1.1\r\nHost: x\r\nBad\x01Header: 1\r\n\r\n"
-        )
-        assert answer.startswith(b"HTTP/1.0 400 Bad Request")
-    lines = caplog.text.splitlines()
-    assert sum("a malformed HTTP request refused" in line for line in lines) == 3
-    assert len(lines) < 10
-
-
 SMALL_LOG = (
-    "-c",
-    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()",
+    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()"
 )
 
 
 @async_test
 async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
-    async with running_bridge(*SMALL_LOG) as proc:
+    async with running_bridge("-c", SMALL_LOG) as proc:
         twilio, session = await proc.answered_call(1)
         proc.reading.clear()  # nobody reads the log: the pipe fills
         for i in range(400):  # about 400 KB of log lines
             await transcribed(session, "user", f"{i} " + "x" * 1000)
         await call_goes_on(twilio, session)  # audio still flows both ways
         proc.reading.set()
-        line = await proc.logged("log lines dropped")
-        assert "log lines dropped: the log's reader was too slow" in line
+        await proc.logged("log lines dropped: the log's reader was too slow")
         await twilio.hang_up()
         await proc.logged("call ended after")
         proc.reading.clear()  # stalled again, at the exit
@@ -4076,8 +3960,7 @@ def test_the_mask_takes_secrets_and_twilios_basic_auth_out_of_lines_and_tracebac
 ):
     monkeypatch.setattr(bridge, "SECRETS", {})
     token = "fedcba9876543210" * 2
-    config = bridge.Config(twilio_account_sid=SID, twilio_auth_token=token)
-    bridge.make_app(config)
+    bridge.make_app(bridge.Config(twilio_account_sid=SID, twilio_auth_token=token))
     login = base64.b64encode(f"{SID}:{token}".encode()).decode()
     echoed = f"a proxy's page: Authorization: Basic {login}, token {token}"
     shown = bridge.printable(echoed, 300)
@@ -4098,9 +3981,9 @@ def pieces_of(secret: str, length: int = 12) -> list[str]:
     return [secret[i : i + length] for i in range(len(secret) - length + 1)]
 
 
-@async_test(openai_api_key=LIVE_KEY, **REPORTING)
+@async_test(openai_api_key=LIVE_KEY, transcript_dir=TMP, **REPORTING)
 async def test_no_piece_of_a_key_survives_a_cut_line_the_model_or_after_call(
-    w, caplog, handed_on, monkeypatch
+    w, tmp_path, caplog, handed_on, monkeypatch
 ):
     monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
 
@@ -4108,17 +3991,21 @@ async def test_no_piece_of_a_key_survives_a_cut_line_the_model_or_after_call(
     def leaky():
         raise ValueError("x" * 250 + LIVE_KEY)  # the line's cut at 300 is in the key
 
-    w.responses.answers = [(200, good_but(summary=f"The key is {LIVE_KEY}."))]
+    hostile = f"\ud800\u2028\x00 x\ny {LIVE_KEY}"  # the model's strings get cleaned too
+    w.responses.answers = [(200, good_but(summary=hostile, follow_up="\x00"))]
     twilio, session = await w.answered_call()
-    await transcribed(session, "user", "My key? " + LIVE_KEY)
+    await transcribed(session, "user", "My key?\x00 " + LIVE_KEY)
     await call_tool(session, "leaky", "{}")
     output = await tool_output(session)
     await twilio.hang_up()
     await w.reported()
     [report] = handed_on
-    for text in (caplog.text, output, json.dumps(report)):
+    files = [path.read_text() for path in tmp_path.iterdir()]
+    for text in (caplog.text, output, json.dumps(report), *files):
         assert not any(piece in text for piece in pieces_of(LIVE_KEY)), text[-400:]
-    assert "<OPENAI_API_KEY>" in report["summary"] and "<OPENAI_API_KEY>" in output
+    assert (report["summary"], report["follow_up"]) == (" x\ny <OPENAI_API_KEY>", "")
+    assert report_file(tmp_path, twilio) == report
+    assert "<OPENAI_API_KEY>" in output
 
 
 # ---------------------------------------------------------------------------
@@ -4169,26 +4056,24 @@ def chromium():
         missing.append("playwright (pip install playwright)")
     if not os.path.exists(CHROMIUM):
         missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if missing and os.environ.get("CI"):
-        pytest.fail("the browser test needs " + " and ".join(missing))
     if missing:
-        pytest.skip("the browser test needs " + " and ".join(missing))
+        why = "the browser test needs " + " and ".join(missing)
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
     return async_playwright
 
 
-def caller_wav(path: pathlib.Path) -> None:
-    """A caller who says "ah" for 250 ms and pauses for 150, again and again. (A
-    steady tone is not speech: the browser's noise suppression would fade it out.)"""
+def caller_wav(path: pathlib.Path) -> str:
+    """The microphone's flag for a caller who says "ah" for 250 ms and pauses for 150,
+    again and again. (A steady tone is not speech: noise suppression would fade it.)"""
     rate = 48000
     samples = [
         int(12000 * math.sin(2 * math.pi * 220 * i / rate)) if i % 19200 < 12000 else 0
         for i in range(rate)
     ]
     with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
+        wav.setparams((1, 2, rate, len(samples), "NONE", "not compressed"))
         wav.writeframes(struct.pack(f"<{len(samples)}h", *samples))
+    return f"--use-file-for-fake-audio-capture={path}"
 
 
 def loudness(payload: str) -> float:
@@ -4242,18 +4127,14 @@ async def dial(page) -> dict:
     return dict(urllib.parse.parse_qsl((await webhook.value).post_data))
 
 
-CLIENTS = {"From": "client:browser", "To": "client:agent"}
+CLIENTS = {"From": "client:browser", "To": "client:agent", "Direction": "inbound"}
 MULAW = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
 
 @async_test
 async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog):
     loop = asyncio.get_running_loop()
-    caller_wav(tmp_path / "caller.wav")
-    flags = [
-        *CHROMIUM_FLAGS,
-        f"--use-file-for-fake-audio-capture={tmp_path}/caller.wav",
-    ]
+    flags = [*CHROMIUM_FLAGS, caller_wav(tmp_path / "caller.wav")]
     async with world() as w, chromium() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = await browser.new_page()
@@ -4264,12 +4145,10 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
 
         # The webhook, as Twilio posts it, and the session it opens.
         form = await dial(page)
-        fields = {"CallSid", "AccountSid", "From", "To", "Direction", "CallStatus"}
-        assert set(form) == fields
+        ids = {"CallSid": form["CallSid"], "AccountSid": form["AccountSid"]}
+        assert form == {**ids, **CLIENTS, "CallStatus": "ringing"}
         assert re.fullmatch("CA[0-9a-f]{32}", form["CallSid"])
         assert re.fullmatch("AC[0-9a-f]{32}", form["AccountSid"])
-        assert {"From": form["From"], "To": form["To"]} == CLIENTS
-        assert (form["Direction"], form["CallStatus"]) == ("inbound", "ringing")
         session = await w.openai.session()
         update = await session.next()
         about = "The caller's number is client:browser; they called client:agent."
@@ -4288,12 +4167,11 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
             "callSid": form["CallSid"],
             "tracks": ["inbound"],
             "mediaFormat": MULAW,
-            "customParameters": {**CLIENTS, "Direction": "inbound"},
+            "customParameters": CLIENTS,
         }
         _, media = await tap.next("media")
-        assert media["streamSid"] == stream_sid and media["media"]["chunk"] == "1"
-        assert set(media["media"]) == {"track", "chunk", "timestamp", "payload"}
-        assert media["media"]["track"] == "inbound"
+        frame = dict(track="inbound", chunk="1", timestamp=mock.ANY, payload=mock.ANY)
+        assert media == {"event": "media", "streamSid": stream_sid, "media": frame}
 
         # The agent says one second; meanwhile, 1.2 s of the caller reach OpenAI.
         said_at = loop.time()
@@ -4360,8 +4238,7 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
         assert len(w.openai.sessions) == 2
         await browser.close()
     assert not errors
-    # The bridge's own lines: asyncio's debug warnings (-X dev on a busy machine,
-    # a slow callback) are not the bridge's to answer for.
+    # The bridge's own (asyncio's debug warnings of a slow callback are not its).
     bridge_records = [r for r in caplog.records if r.name == "bridge"]
     warnings = [r.message for r in bridge_records if r.levelno >= logging.WARNING]
     assert warnings == ["TWILIO_AUTH_TOKEN is not set: requests are NOT verified (dev)"]
