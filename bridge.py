@@ -265,12 +265,12 @@ REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
 PREFLIGHT_TIMEOUT = 5.0  # seconds for the Models API's answers at start-up, in all
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
-# A renewed session is told the last REPLAY_TURNS turns, REPLAY_CHARACTERS of text
+# A renewed session is told the last REPLAY_TURNS turns, REPLAY_BYTES of UTF-8 text
 # at most: recent turns hold what matters (names, what was agreed), every replayed
 # word is paid for again as input on each later response, and GPT-Live's `input`
-# holds about 8,192 tokens (of about 4 characters).
+# holds about 8,192 tokens (a token: about 4 bytes of English, 3 of Chinese).
 REPLAY_TURNS = 40
-REPLAY_CHARACTERS = 24_000
+REPLAY_BYTES = 20_000
 CALLEE_FIRST = 2.0  # seconds the agent waits for the person it called to speak first
 # Agent audio gets a mark every MARK_EVERY_MS and at the end of each reply, not
 # after every delta: between marks the stream clock says how far playback got,
@@ -1358,8 +1358,8 @@ def replayed(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
     kept: list[tuple[str, str]] = []
     size = 0
     for role, text in reversed(turns[-REPLAY_TURNS:]):
-        size += len(text)
-        if size > REPLAY_CHARACTERS:
+        size += len(text.encode())
+        if size > REPLAY_BYTES:
             break
         kept.insert(0, (role, text))
     return kept
@@ -2551,7 +2551,14 @@ async def contained(coroutine: Any) -> Any:
     let it stop the event loop, and every call with it."""
     try:
         return await coroutine
-    except (SystemExit, KeyboardInterrupt) as exc:
+    except Exception:
+        raise
+    except BaseException as exc:  # sys.exit(), GeneratorExit, a CancelledError
+        if (
+            isinstance(exc, asyncio.CancelledError)
+            and asyncio.current_task().cancelling()
+        ):
+            raise  # ours: run_bounded gave up on it
         raise RuntimeError(f"it raised {exc!r}") from None
 
 

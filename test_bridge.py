@@ -1041,9 +1041,13 @@ async def quits_async() -> None:
     sys.exit(3)
 
 
+async def cancels_itself() -> None:
+    raise asyncio.CancelledError()
+
+
 TEST_TOOLS = {"lookup": lookup, "broken": broken, "slow": slow}
 TEST_TOOLS |= {"huge": lambda: "x" * 2_000_000, "quits": lambda: sys.exit(3)}
-TEST_TOOLS |= {"quits_async": quits_async}
+TEST_TOOLS |= {"quits_async": quits_async, "cancels_itself": cancels_itself}
 CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPUT} "
 
 
@@ -1061,10 +1065,11 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
         ("slow", "{}", "error: slow took longer than 0.2 s"),  # TOOL_TIMEOUT
         ("quits", "{}", "error: quits failed: RuntimeError: it raised SystemExit(3)"),
         ("quits_async", "{}", "error: quits_async failed: RuntimeError: it raised"),
+        ("cancels_itself", "{}", "error: cancels_itself failed: RuntimeError: it"),
     ],
     ids=(
         "async-returns-data huge-output unknown undeclared "
-        "bad-json tool-raises async-raises too-slow quits quits-async"
+        "bad-json tool-raises async-raises too-slow quits quits-async cancels-itself"
     ).split(),
 )
 @async_test(shorten={"TOOL_TIMEOUT": 0.2})
@@ -2933,11 +2938,11 @@ async def test_a_live_turn_keeps_max_turn_characters(twilio, session, caplog):
     assert "123456789" not in caplog.text
 
 
-@async_test(**LIVE, shorten={"REPLAY_CHARACTERS": 22})
+@async_test(**LIVE, shorten={"REPLAY_BYTES": 30})  # 30 characters here, 33 bytes
 async def test_an_expired_live_session_is_renewed_with_the_conversation_as_input(
     twilio, session, w, caplog
 ):
-    await live_words(session, "output", "Welcome.")  # past REPLAY_CHARACTERS
+    await live_words(session, "output", "Wëlcömé.")  # past REPLAY_BYTES
     await live_words(session, "input", "Hi, I'm Ada.")
     await live_words(session, "output", "Hello Ada!")
     await live_closed(session, "expired", seconds=7200)
