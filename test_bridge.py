@@ -1764,32 +1764,20 @@ async def test_amd_must_be_signed_and_is_acted_on_once(w, caplog):
 # What the caller has heard: agent audio down, with marks
 
 
-@pytest.mark.parametrize("size", [160, 161, 162, 800])
-def test_audio_length_is_read_from_the_base64_text_without_decoding(size):
-    assert bridge.audio_ms(audio("x", size)) == size / 8  # 8 bytes a millisecond
-
-
 @async_test
-async def test_agent_audio_goes_down_with_the_stream_sid_and_marks(twilio, session):
-    await say(session, "item_A", *[f"a{i}" for i in range(1, 13)])  # 1.2 s
-    assert await twilio.receive() == media_for(twilio, "a1")
-    # A mark after every second of audio (MARK_EVERY_MS)...
-    await expect(twilio, *[f"media a{i}" for i in range(2, 11)], "mark 1")
-    await expect(twilio, "media a11", "media a12")
-    await reply_done(session)
-    mark = {"event": "mark", "streamSid": twilio.stream_sid, "mark": {"name": "2"}}
-    assert await twilio.receive() == mark  # ...and after the reply's last audio
-    await say(session, "item_B", "big", ms=10_000)  # 80,000 bytes in one delta
-    await reply_done(session)
-    sizes, marks = [], []  # it goes a second at a time
+async def test_agent_audio_goes_down_a_second_at_a_time_each_marked(twilio, session):
+    await say(session, "item_A", "big", ms=10_000)  # 80,000 bytes in one delta
+    await reply_done(session)  # (a mark per second of small deltas: BARGE_INS)
+    sizes, marks = [], []
     while len(marks) < 10:
         message = await twilio.receive()
         if message["event"] == "media":
             sizes.append(len(message["media"]["payload"]))
         else:
-            marks.append(message["mark"]["name"])
+            marks.append(message)
     assert len(sizes) == 10 and max(sizes) <= bridge.MAX_PIECE
-    assert marks == [str(n) for n in range(3, 13)]
+    mark = {"event": "mark", "streamSid": twilio.stream_sid}
+    assert marks == [mark | {"mark": {"name": str(n)}} for n in range(1, 11)]
 
 
 # ---------------------------------------------------------------------------
@@ -1969,8 +1957,11 @@ async def test_keys_held_for_a_burst_are_bounded(twilio, session, w):
 # Hanging up, transfers and recordings
 
 
-@async_test(shorten={"GOODBYE_GRACE": 0})  # counted after the goodbye's length
-async def test_end_call_hangs_up_after_the_goodbye_has_been_heard(twilio, session):
+@pytest.mark.parametrize("talked_over", [False, True], ids=["heard", "talked-over"])
+@async_test
+async def test_end_call_hangs_up_once_the_goodbye_is_heard(
+    twilio, session, talked_over, caplog
+):
     await say(session, "item_bye", "bye1", "bye2", ms=1000)
     await call_tool(session, "end_call", "{}")
     await reply_done(session)
@@ -1978,19 +1969,13 @@ async def test_end_call_hangs_up_after_the_goodbye_has_been_heard(twilio, sessio
     await twilio.mark("1")
     await twilio.speak("still on")  # half the goodbye heard: the call is up
     assert await session.audio_tags(1) == ["still on"]
-    await twilio.mark("2")
+    if talked_over:  # the clear flushes the rest and its mark: no wait for it
+        await speech_started(session)
+        await expect(twilio, "clear")
+    else:
+        await twilio.mark("2")
     await twilio.wait_closed()
     await session.wait_closed()
-
-
-@async_test
-async def test_a_goodbye_talked_over_hangs_up_at_once(twilio, session, caplog):
-    await say(session, "item_bye", "bye1", ms=1000)
-    await call_tool(session, "end_call", "{}")
-    await expect(twilio, "media bye1", "mark 1")
-    await speech_started(session)  # the clear flushes the goodbye and its mark
-    await expect(twilio, "clear")
-    await twilio.wait_closed()  # no wait for a mark that will never mean "heard"
     assert "the agent hung up" in caplog.text
     assert "the last mark never came back" not in caplog.text
 
@@ -2009,8 +1994,13 @@ TRANSFER = {**REST, "transfer_number": "+15559990000"}
 DIAL = {"Twiml": "<Response><Dial>+15559990000</Dial></Response>"}
 
 
+NOT_FOUND = (404, {"code": 20404, "message": "not found", "status": 404})
+
+
+@pytest.mark.parametrize("answer", [None, NOT_FOUND], ids=["dialled", "refused"])
 @async_test(**TRANSFER)
-async def test_a_transfer_dials_transfer_number_once_heard(w, caplog):
+async def test_a_transfer_dials_transfer_number_once_heard(w, answer, caplog):
+    w.api.answers = [answer] if answer else []
     # The caller talked the model into asking for a number of its own.
     twilio, session = await transfer_call(w, '{"number": "+19005550000"}')
     tools = {t["name"]: t for t in w.session_update["session"]["tools"]}
@@ -2021,6 +2011,10 @@ async def test_a_transfer_dials_transfer_number_once_heard(w, caplog):
     assert w.api.requests == []  # nothing dialled before the mark is back
     await twilio.mark("1")
     assert await w.api.request() == (CALL_URL, BASIC, DIAL)
+    if answer:  # told to the model, and the call goes on
+        refused = "Twilio refused (HTTP 404): 20404 not found"
+        assert await tool_output(session) == f"error: the transfer failed: {refused}"
+        return await call_goes_on(twilio, session)
     await twilio.hang_up()  # Twilio leaves our TwiML
     await session.wait_closed()
     assert "transferred to +15559990000" in caplog.text
@@ -2040,25 +2034,14 @@ async def test_a_call_is_transferred_once_however_often_asked(twilio, session, w
     assert len(w.api.requests) == 1
 
 
-@async_test(**TRANSFER)
-async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(w):
-    w.api.answers = [(404, {"code": 20404, "message": "not found", "status": 404})]
-    twilio, session = await transfer_call(w)
-    await twilio.mark("1")
-    refused = "Twilio refused (HTTP 404): 20404 not found"
-    assert await tool_output(session) == f"error: the transfer failed: {refused}"
-    await call_goes_on(twilio, session)
+RECORDING = (201, {"sid": "RE123", "status": "in-progress"})
+NOT_RECORDED = (400, {"code": 21220, "message": "not in progress"})
+REFUSED = "not recorded: Twilio refused (HTTP 400): 21220 not in progress"
 
 
 @pytest.mark.parametrize(
     "answer, said",
-    [
-        ((201, {"sid": "RE123", "status": "in-progress"}), "recording RE123"),
-        (
-            (400, {"code": 21220, "message": "not in progress"}),
-            "not recorded: Twilio refused (HTTP 400): 21220 not in progress",
-        ),
-    ],
+    [(RECORDING, "recording RE123"), (NOT_RECORDED, REFUSED)],
     ids=["recorded", "refused"],
 )
 @async_test(**REST, record_calls=True)
@@ -2121,10 +2104,8 @@ async def test_turns_latency_and_summary_logged(twilio, session, w, tmp_path, ca
     assert re.fullmatch(summary + ", 1 barge-in", summary_of(caplog))
     lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
     turns = [json.loads(line) for line in lines]
-    assert [(t["role"], t["text"]) for t in turns] == [
-        ("user", "My name is Ada."),
-        ("assistant", "Nice to meet you, Ada."),
-    ]
+    said = [("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada.")]
+    assert [(t["role"], t["text"]) for t in turns] == said
     assert all(datetime.datetime.fromisoformat(t["time"]).tzinfo for t in turns)
 
 
@@ -2139,11 +2120,7 @@ SUMMED = {  # two replies' USAGE, and a third's that makes no sense
     "model": "gpt-realtime-2.1",
     "input_tokens": 200,
     "output_tokens": 100,
-    "input_token_details": {
-        "text_tokens": 60,
-        "audio_tokens": 140,
-        "cached_tokens": 40,
-    },
+    "input_token_details": dict(text_tokens=60, audio_tokens=140, cached_tokens=40),
     "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
 }
 
@@ -2329,10 +2306,8 @@ async def test_a_call_survives_a_malformed_or_unexpected_message(
     await twilio.speak("after")
     await say(session, "item_A", "a1")
     # The next thing each side gets is the other's audio: nothing else.
-    assert [await session.next(skip_audio=False) for _ in range(2)] == [
-        append("before"),
-        append("after"),
-    ]
+    events = [await session.next(skip_audio=False) for _ in range(2)]
+    assert events == [append("before"), append("after")]
     assert await twilio.receive() == media_for(twilio, "a1")
     assert said in caplog.text
     if not said:  # not a word of it
@@ -2352,12 +2327,16 @@ async def test_an_oversized_frame_ends_only_that_call(w, caplog):
     assert f"[{twilio.call_sid}] Twilio {NOT_AN_EVENT}" in caplog.text
 
 
-@pytest.mark.parametrize("how", ["stop", "dropped"])
+@pytest.mark.parametrize("how", ["stop", "dropped", "before-it-is-heard"])
 @async_test
-async def test_hanging_up_mid_reply_leaves_nothing(twilio, session, w, how, caplog):
-    await say(session, "item_A", "a1")
-    await twilio.receive()
-    if how == "stop":
+async def test_hanging_up_mid_greeting_leaves_nothing(w, how, caplog):
+    await w.webhook()
+    session = await w.openai.session()
+    await say(session, "item_A", "a1")  # the greeting, held before `start`
+    twilio = await w.call()
+    if how != "before-it-is-heard":
+        assert in_short(await twilio.receive()) == "media a1"
+    if how != "dropped":
         await twilio.hang_up()
         assert "Twilio stopped the stream: the caller hung up" in caplog.text
     else:  # the socket closes with no `stop`
@@ -2640,16 +2619,6 @@ async def test_with_greet_early_off_the_greeting_waits_for_the_stream(w):
     await call_goes_on(twilio, session)
 
 
-@async_test
-async def test_a_caller_who_hangs_up_before_the_greeting_is_heard_leaves_nothing(w):
-    await w.webhook()
-    session = await w.openai.session()
-    await say(session, "item_hi", "hi1")
-    await (await w.call()).hang_up()
-    await session.wait_closed()
-    await wound_down(w.app)
-
-
 PLACED = {"To": "+15551234567", "Direction": "outbound-api"}
 
 
@@ -2893,8 +2862,8 @@ CLOSED = "OpenAI closed the session ({}): hanging up"
 @async_test
 async def test_a_session_that_ends_hangs_up_saying_why(w, config, ending, why, caplog):
     twilio, session = await w.answered_call()
-    w.openai.refuse = [401]
     if ending == "expired":
+        w.openai.refuse = [401]
         await expire(session)
     elif isinstance(ending, int):
         await session.ws.close(code=ending)
