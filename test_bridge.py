@@ -1761,7 +1761,17 @@ async def test_amd_must_be_signed_and_is_acted_on_once(w, caplog):
 
 
 # ---------------------------------------------------------------------------
-# What the caller has heard: agent audio down, with marks
+# Audio: the caller's up, in order; the agent's down, with marks
+
+
+@async_test
+async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
+    w.openai.handshake_delay = 0.2  # frames keep coming while OpenAI answers
+    twilio = await w.call()
+    for i in range(30):
+        await twilio.speak(f"frame{i}")
+    session = await w.openai.session()
+    assert await session.audio_tags(30) == [f"frame{i}" for i in range(30)]
 
 
 @async_test
@@ -1872,20 +1882,6 @@ async def test_a_barge_in_cuts_to_what_was_heard(twilio, session, row, caplog):
     assert await play_out(twilio, session, script) == (media, model_got)
     for item, ms in cuts:
         assert f"barge-in: item_{item} cut at {ms} ms" in caplog.text
-
-
-# ---------------------------------------------------------------------------
-# The call: caller audio up
-
-
-@async_test
-async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
-    w.openai.handshake_delay = 0.2  # frames keep coming while OpenAI answers
-    twilio = await w.call()
-    for i in range(30):
-        await twilio.speak(f"frame{i}")
-    session = await w.openai.session()
-    assert await session.audio_tags(30) == [f"frame{i}" for i in range(30)]
 
 
 # ---------------------------------------------------------------------------
@@ -2438,7 +2434,8 @@ async def test_a_replayed_webhook_to_a_new_process_buys_no_session(w, caplog):
 
 # ---------------------------------------------------------------------------
 # Every wait is bounded: each timeout shortened, and what happens at its end.
-# (TOOL_TIMEOUT: the tool and after_call tables; REPORT_TIMEOUT: the report's.)
+# (TOOL_TIMEOUT: the tool and after_call tables; REPORT_TIMEOUT: the report's;
+# TWILIO_SILENCE: the last test here.)
 
 
 WAITS = []  # constant, config, scenario, what is logged when it runs out
@@ -2485,14 +2482,6 @@ async def no_stream_comes(w: World) -> None:
     await wound_down(w.app)
     unused = "the webhook's session ended unused: no stream came here"
     assert unused in w.caplog.text and "call ended after" not in w.caplog.text
-
-
-@bounded_by("TWILIO_SILENCE", "no message from Twilio for 0.2 s: hanging up")
-async def twilio_falls_silent(w: World) -> None:
-    twilio, session = await w.answered_call()
-    await twilio.speak("hello")  # then nothing, as from a dead TCP path
-    await session.wait_closed()
-    await twilio.wait_closed()
 
 
 async def stuck(w: World, side: str) -> None:
@@ -2568,7 +2557,7 @@ class Watched(float):
 
 
 @async_test(shorten={"WATCH_EVERY": 0.02})
-async def test_silence_is_counted_from_the_streams_start(w, caplog, monkeypatch):
+async def test_silence_from_the_streams_start_hangs_up(w, caplog, monkeypatch):
     monkeypatch.setattr(bridge, "TWILIO_SILENCE", silence := Watched(0.2))
     await w.webhook()
     session = await w.openai.session()
@@ -2578,6 +2567,9 @@ async def test_silence_is_counted_from_the_streams_start(w, caplog, monkeypatch)
     await until(lambda: silence.looks >= 3, "the watch looked three times")
     await call_goes_on(twilio, session)
     assert "no message from Twilio" not in caplog.text
+    await session.wait_closed()  # then nothing, as from a dead TCP path
+    await twilio.wait_closed()
+    assert "no message from Twilio for 0.2 s: hanging up" in caplog.text
 
 
 # ---------------------------------------------------------------------------
@@ -2632,41 +2624,40 @@ async def voicemail_stream(w: World, answered_by: str = "machine_end_beep"):
 
 
 VOICEMAIL = {"voicemail_message": "Hi, Acme here.\nCall 555-0100."}
+LIVE = {"openai_model": "gpt-live-1.1"}  # GPT-Live (see its section below)
+OWN_WORDS = "Leave a short message: who is calling, why, and how to call back"
+WORD_FOR_WORD = 'word for word: "Hi, Acme here.\nCall 555-0100."'
 
 
 @pytest.mark.parametrize(
     "config, told",
-    [
-        ({}, "Leave a short message: who is calling, why, and how to call back"),
-        (VOICEMAIL, 'word for word: "Hi, Acme here.\nCall 555'),
-    ],
-    ids=["own-words", "voicemail-message"],
+    [({}, OWN_WORDS), (VOICEMAIL, WORD_FOR_WORD), (LIVE | VOICEMAIL, WORD_FOR_WORD)],
+    ids=["own-words", "voicemail-message", "live"],
 )
-@async_test(**REST, shorten={"CALLEE_FIRST": 0.05})
-async def test_a_voicemail_session_leaves_its_message_at_once(w, config, told):
-    twilio = await voicemail_stream(w)
-    session = await w.openai.session()
-    update = (await session.next())["session"]
-    said = bridge.DEFAULT_INSTRUCTIONS + "\nYou reached voicemail. "
-    assert update["instructions"].startswith(said) and told in update["instructions"]
-    assert "then call end_call" in update["instructions"]
-    assert update["audio"]["input"]["turn_detection"] is None  # a machine's noise
-    assert await session.next() == {"type": "response.create"}  # at once, once
-    await call_goes_on(twilio, session)
-    greeting = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
-    await until(lambda: all(t.done() for t in greeting), "past CALLEE_FIRST")
-    assert all(e["type"] != "response.create" for e in session.drained())
-
-
-@async_test(**REST, shorten={"CLOSE_TIMEOUT": 0.1})  # the old stream reads nothing
-async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending(w, caplog):
+@async_test(**REST, shorten={"CALLEE_FIRST": 0.05, "CLOSE_TIMEOUT": 0.1})
+async def test_a_voicemail_stream_replaces_the_calls_and_leaves_a_message(
+    w, config, told, caplog
+):
     first, first_session = await w.answered_call()  # call 1, still streaming
-    w.calls = 0  # the redirected stream is call 1's again
+    w.calls = 0  # the redirected stream is call 1's again; the old one reads nothing
     twilio = await voicemail_stream(w)
     await first_session.wait_closed()  # the old one is hung up
-    session = await w.openai.session()
-    assert "You reached voicemail" in (await session.next())["session"]["instructions"]
+    session = await (w.live if w.state.config.live else w.openai).session()
+    update = (await session.next())["session"]
+    task = update["instructions"].removeprefix(bridge.DEFAULT_INSTRUCTIONS + "\n")
+    assert task.startswith("You reached voicemail. ") and told in task
+    assert task.endswith(", then call end_call.")
+    greeting = await session.next()  # at once, once
+    if w.state.config.live:  # the task is its commentary
+        commentary = {"content": task, "delegation_id": None}
+        assert greeting == {"type": "session.commentary.append", **commentary}
+    else:
+        assert update["audio"]["input"]["turn_detection"] is None  # a machine's noise
+        assert greeting == {"type": "response.create"}
     await call_goes_on(twilio, session)
+    greets = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
+    await until(lambda: all(t.done() for t in greets), "past CALLEE_FIRST")
+    assert all(e["type"] != greeting["type"] for e in session.drained())
     assert caplog.text.count(f"[{CA1}] call ended after") == 1  # the old one's
     assert w.state.calls[CA1] is not None
 
@@ -2674,7 +2665,6 @@ async def test_a_voicemail_stream_replaces_the_calls_stream_still_ending(w, capl
 # ---------------------------------------------------------------------------
 # GPT-Live: the same call in OpenAI's second voice API (Live in bridge.py)
 
-LIVE = {"openai_model": "gpt-live-1.1"}
 LIVE_SERVER_EVENT = TypeAdapter(LiveServerEvent)
 
 
@@ -2919,19 +2909,6 @@ async def test_a_callee_speaks_first_or_is_greeted(w, config, first, greeting, s
     greets = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
     await until(lambda: all(t.done() for t in greets), "past CALLEE_FIRST")
     assert all(e["type"] != greeting for e in session.drained())
-
-
-@async_test(**LIVE, **REST, **VOICEMAIL)
-async def test_a_live_voicemail_is_left_as_commentary(w):
-    twilio = await voicemail_stream(w)
-    session = await w.live.session()
-    start = await session.next()
-    assert "You reached voicemail" in start["session"]["instructions"]
-    commentary = await session.next()
-    assert commentary["type"] == "session.commentary.append"
-    assert 'word for word: "Hi, Acme here.\nCall 555-0100."' in commentary["content"]
-    await twilio.speak("beep")
-    assert await session.audio_tags(1) == ["beep"]
 
 
 @async_test(**LIVE, language="en", turn_detection="semantic_vad")
