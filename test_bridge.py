@@ -1793,14 +1793,11 @@ async def test_agent_audio_goes_down_a_second_at_a_time_each_marked(twilio, sess
 
 
 async def play_out(twilio: FakeTwilio, session: Session, script: str):
-    """Run a script of steps, separated by ";":
-    "at MS"            the stream clock reaches MS (Twilio's media timestamps);
-    "A says MS MS..."  item_A's audio deltas of these lengths, tagged a1, a2...;
-    "A late MS..."     the same, for a reply that was cut: they must not play;
-    "done"             the model's reply ends;
-    "mark N"           Twilio has played up to mark N (once the bridge sent it);
-    "forged N"         a mark N the bridge has not sent;
-    "barge"            the caller starts to talk.
+    """Run a script of steps, separated by ";": "at MS" (the stream clock reaches
+    MS); "A says MS MS..." (item_A's audio deltas of these lengths, tagged a1,
+    a2...); "A late MS..." (the same, for a reply that was cut: they must not
+    play); "done" (the reply ends); "mark N" (Twilio has played up to mark N, once
+    sent); "forged N" (a mark N never sent); "barge" (the caller starts to talk).
     Then the model says "end" and the caller too. What Twilio got, in short, and
     what the model got but caller audio, as "truncate ITEM MS"."""
     twilio_got, model_got, tags = [], [], Counter()
@@ -1952,7 +1949,7 @@ async def test_keys_held_for_a_burst_are_bounded(twilio, session, w):
 
 
 @pytest.mark.parametrize("talked_over", [False, True], ids=["heard", "talked-over"])
-@async_test
+@async_test(shorten={"GOODBYE_GRACE": 0})  # counted after the goodbye's length
 async def test_end_call_hangs_up_once_the_goodbye_is_heard(
     twilio, session, talked_over, caplog
 ):
