@@ -1762,6 +1762,11 @@ async def test_amd_must_be_signed_and_is_acted_on_once(w, caplog):
 # Audio: the caller's up, in order; the agent's down, with marks
 
 
+@pytest.mark.parametrize("size", [160, 161, 162, 800])
+def test_audio_length_is_read_from_the_base64_text_without_decoding(size):
+    assert bridge.audio_ms(audio("x", size)) == size / 8  # 8 bytes a millisecond
+
+
 @async_test
 async def test_caller_audio_goes_up_in_order_even_during_the_handshake(w):
     w.openai.handshake_delay = 0.2  # frames keep coming while OpenAI answers
