@@ -2636,7 +2636,7 @@ WORD_FOR_WORD = 'word for word: "Hi, Acme here.\nCall 555-0100."'
     [({}, OWN_WORDS), (VOICEMAIL, WORD_FOR_WORD), (LIVE | VOICEMAIL, WORD_FOR_WORD)],
     ids=["own-words", "voicemail-message", "live"],
 )
-@async_test(**REST, shorten={"CALLEE_FIRST": 0.05, "CLOSE_TIMEOUT": 0.1})
+@async_test(**REST, shorten={"CALLEE_FIRST": 0.05, "CLOSE_TIMEOUT": 0.05})
 async def test_a_voicemail_stream_replaces_the_calls_and_leaves_a_message(
     w, config, told, caplog
 ):
