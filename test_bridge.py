@@ -1927,24 +1927,6 @@ async def test_a_flood_of_keys_is_one_item_of_at_most_max_keys(twilio, session, 
     assert caplog.text.count("caller pressed") == 1
 
 
-@async_test(transcript_dir=TMP, **REPORTING, shorten={"KEYS_PAUSE": 0.2})
-async def test_a_burst_of_keys_is_one_turn(twilio, session, w, tmp_path, caplog):
-    for digit in "4711":
-        await twilio.press(digit)
-    assert await session.next_of("conversation.item.create") == pressed("4711")
-    assert await session.next() == {"type": "response.create"}
-    await expire(session)
-    second = await w.openai.session()
-    assert (await second.next())["type"] == "session.update"
-    assert (await second.next())["item"]["content"][0]["text"] == "pressed 4711"
-    await twilio.hang_up()
-    await w.reported()
-    assert "caller pressed 4 keys" in caplog.text and "4711" not in caplog.text
-    lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["text"] == "pressed 4711"
-    assert w.responses.requests[0][1]["input"][1]["content"] == "caller: pressed 4711"
-
-
 @async_test(shorten={"KEYS_PAUSE": 60})  # the burst never ends here
 async def test_keys_held_for_a_burst_are_bounded(twilio, session, w):
     for _ in range(200):
@@ -2125,21 +2107,31 @@ SUMMED = {  # two replies' USAGE, and a third's that makes no sense
 }
 
 
-@async_test(transcript_dir=TMP, **REPORTING, shorten={"KEYS_PAUSE": 0.05})
+@async_test(transcript_dir=TMP, **REPORTING, shorten={"KEYS_PAUSE": 0.2})
 async def test_the_summary_counts_turns_with_no_reply_and_sums_each_replys_usage(
     twilio, session, w, tmp_path, caplog, handed_on
 ):
     for _ in range(2):  # the caller speaks twice; the model says nothing
         await speech_stopped(session)
-    await twilio.press("1")
-    await session.next_of("response.create")  # the keypress was seen
+    for digit in "4711":  # a burst of keys: one turn, one reply, no digit logged
+        await twilio.press(digit)
+    assert await session.next_of("conversation.item.create") == pressed("4711")
+    assert await session.next() == {"type": "response.create"}
+    await expire(session)  # the keys' turn is replayed like any other
+    second = await w.openai.session()
+    assert (await second.next())["type"] == "session.update"
+    assert (await second.next())["item"]["content"][0]["text"] == "pressed 4711"
     for usage in (USAGE, USAGE, {"input_tokens": "many", "output_tokens": -5}):
         done = {"id": "resp_1", "status": "completed", "usage": usage}
-        await session.send(type="response.done", response=done)
+        await second.send(type="response.done", response=done)
     await twilio.hang_up()
     await w.reported()
     summary = rf"\[{CA1}\] call ended after \d+ s: 3 turns, 0 barge-ins"  # no median
     assert re.fullmatch(summary + ", 200 tokens in, 100 out", summary_of(caplog))
+    assert "caller pressed 4 keys" in caplog.text and "4711" not in caplog.text
+    lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == ["pressed 4711"]
+    assert w.responses.requests[0][1]["input"][1]["content"] == "caller: pressed 4711"
     assert handed_on[0]["usage"] == SUMMED  # and in the report
     assert report_file(tmp_path, twilio)["usage"] == SUMMED
 
