@@ -2019,14 +2019,15 @@ async def test_a_call_is_transferred_once_however_often_asked(twilio, session, w
 RECORDING = (201, {"sid": "RE123", "status": "in-progress"})
 NOT_RECORDED = (400, {"code": 21220, "message": "not in progress"})
 REFUSED = "not recorded: Twilio refused (HTTP 400): 21220 not in progress"
+SILENT = "not recorded: Twilio's API did not answer"  # in REST_TIMEOUT
 
 
 @pytest.mark.parametrize(
     "answer, said",
-    [(RECORDING, "recording RE123"), (NOT_RECORDED, REFUSED)],
-    ids=["recorded", "refused"],
+    [(RECORDING, "recording RE123"), (NOT_RECORDED, REFUSED), ("hang", SILENT)],
+    ids=["recorded", "refused", "no-answer"],
 )
-@async_test(**REST, record_calls=True)
+@async_test(**REST, record_calls=True, shorten={"REST_TIMEOUT": 0.2})
 async def test_a_recorded_call_asks_for_two_channels(w, answer, said, caplog):
     w.api.answers = [answer]
     twilio, session = await w.answered_call()
@@ -2429,7 +2430,7 @@ async def test_a_replayed_webhook_to_a_new_process_buys_no_session(w, caplog):
 # ---------------------------------------------------------------------------
 # Every wait is bounded: each timeout shortened, and what happens at its end.
 # (TOOL_TIMEOUT: the tool and after_call tables; REPORT_TIMEOUT: the report's;
-# TWILIO_SILENCE: the last test here.)
+# REST_TIMEOUT: the recording table; TWILIO_SILENCE: the last test here.)
 
 
 WAITS = []  # constant, config, scenario, what is logged when it runs out
@@ -2516,14 +2517,6 @@ async def the_last_mark_never_comes(w: World) -> None:
     await call_tool(session, "end_call", "{}")
     await twilio.wait_closed()
     await session.wait_closed()
-
-
-@bounded_by("REST_TIMEOUT", "not recorded", **REST, record_calls=True)
-async def twilios_api_hangs(w: World) -> None:
-    w.api.answers = ["hang"]
-    twilio, session = await w.answered_call()  # it asks for a recording at `start`
-    await logged(w.caplog, "not recorded: Twilio's API did not answer")
-    await call_goes_on(twilio, session)
 
 
 @pytest.mark.parametrize("constant, config, scenario, said", WAITS)
