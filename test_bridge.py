@@ -2653,6 +2653,7 @@ async def test_a_voicemail_stream_replaces_the_calls_and_leaves_a_message(
 # GPT-Live: the same call in OpenAI's second voice API (Live in bridge.py)
 
 LIVE_SERVER_EVENT = TypeAdapter(LiveServerEvent)
+UNUSED = {"language": "en", "turn_detection": "semantic_vad"}  # Realtime's only
 
 
 async def live(to: Session, **event) -> None:
@@ -2690,8 +2691,15 @@ def live_append(tag: str) -> dict:
     return {"type": "session.input_audio.append", "audio": audio(tag, 160)}
 
 
-@async_test(**LIVE, **TRANSFER, voice="cedar", shorten={"KEYS_PAUSE": 0.05})
+@async_test(**LIVE, **TRANSFER, **UNUSED, voice="cedar", shorten={"KEYS_PAUSE": 0.05})
 async def test_a_live_call_starts_its_session_first_then_is_greeted_by_commentary(w):
+    await until(lambda: not checking(), "the start-up check")  # UNUSED: warned of
+    assert w.models.asked == ["gpt-live-1.1", "gpt-5.4-mini"]  # no transcriber
+    env = {"LANGUAGE": "en", "TURN_DETECTION": "semantic_vad", "VOICE": "cedar"}
+    assert bridge.unused_settings(w.state.config, env) == [
+        "TURN_DETECTION, LANGUAGE: not used by gpt-live-1.1: ignored"
+    ]
+    assert bridge.unused_settings(bridge.Config(language="en"), env) == []
     twilio = await w.call(start=False)
     await twilio.start(CALLER)
     session = await w.live.session()
@@ -2823,38 +2831,36 @@ async def test_an_expired_live_session_replays_the_talk(twilio, session, w, capl
 
 
 CLOSED = "OpenAI closed the session ({}): hanging up"
+NO_ROOM = {"type": "server_error", "code": "capacity_exceeded", "message": "no room"}
+NOT_ADMITTED = "OpenAI refused the session: capacity_exceeded: no room"
 ENDINGS = {
     "realtime-closed": ({}, 1011, CLOSED.format("code 1011")),
     "renewal-refused": ({}, "expired", "could not open the OpenAI session: HTTP 401"),
     "content": (LIVE, "content", CLOSED.format("content")),
     "lost": (LIVE, "connection_lost", CLOSED.format("connection_lost")),
     "socket-dropped": (LIVE, 1000, CLOSED.format("no session.closed")),
+    "not-admitted": (LIVE, NO_ROOM, NOT_ADMITTED),
 }
 
 
 @pytest.mark.parametrize("config, ending, said", ENDINGS.values(), ids=ENDINGS.keys())
 @async_test
 async def test_a_session_that_ends_hangs_up_saying_why(w, config, ending, said, caplog):
-    twilio, session = await w.answered_call()
+    if ending == NO_ROOM:  # an error before session.started: no second try
+        w.live.admission = [NO_ROOM]
+        twilio = await w.call()
+    else:
+        twilio, session = await w.answered_call()
     if ending == "expired":
         w.openai.refuse = [401]
         await expire(session)
     elif isinstance(ending, int):
         await session.ws.close(code=ending)
-    else:
+    elif isinstance(ending, str):
         await live_closed(session, ending)
     await twilio.wait_closed()
     assert said in caplog.text
     assert len(w.openai.sessions + w.live.sessions) == 1  # nor another tried
-
-
-@async_test(**LIVE)
-async def test_a_live_session_not_admitted_ends_the_call_saying_why(w, caplog):
-    no_room = {"type": "server_error", "code": "capacity_exceeded", "message": "no"}
-    w.live.admission = [no_room]  # an error before session.started: no second try
-    await (await w.call()).wait_closed()
-    assert len(w.live.sessions) == 1
-    assert "OpenAI refused the session: capacity_exceeded: no" in caplog.text
 
 
 @pytest.mark.parametrize("speaks", [True, False], ids=["speaks", "says-nothing"])
@@ -2887,18 +2893,6 @@ async def test_a_callee_speaks_first_or_is_greeted(w, config, first, greeting, s
     greets = [t for t in bridge_tasks() if t.get_coro().__name__ == "greet"]
     await until(lambda: all(t.done() for t in greets), "past CALLEE_FIRST")
     assert all(e["type"] != greeting for e in session.drained())
-
-
-@async_test(**LIVE, language="en", turn_detection="semantic_vad")
-async def test_live_asks_about_its_backend_model_and_warns_of_realtime_settings(w):
-    await until(lambda: not checking(), "the start-up check")
-    assert w.models.asked == ["gpt-live-1.1", "gpt-5.4-mini"]  # no transcriber
-    env = {"LANGUAGE": "en", "TURN_DETECTION": "semantic_vad", "VOICE": "cedar"}
-    assert bridge.unused_settings(w.state.config, env) == [
-        "TURN_DETECTION, LANGUAGE: not used by gpt-live-1.1: ignored"
-    ]
-    realtime = bridge.Config(language="en")
-    assert bridge.unused_settings(realtime, env) == []
 
 
 # ---------------------------------------------------------------------------
