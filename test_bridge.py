@@ -1974,8 +1974,6 @@ async def transfer_call(w: World, arguments: str = "{}"):
 
 TRANSFER = {**REST, "transfer_number": "+15559990000"}
 DIAL = {"Twiml": "<Response><Dial>+15559990000</Dial></Response>"}
-
-
 NOT_FOUND = (404, {"code": 20404, "message": "not found", "status": 404})
 
 
