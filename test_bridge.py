@@ -2652,6 +2652,7 @@ async def test_a_voicemail_stream_replaces_the_calls_and_leaves_a_message(
 
 LIVE_SERVER_EVENT = TypeAdapter(LiveServerEvent)
 UNUSED = {"language": "en", "turn_detection": "semantic_vad"}  # Realtime's only
+TODAY = datetime.datetime.now(datetime.UTC).strftime("%A")
 
 
 async def live(to: Session, **event) -> None:
@@ -2734,9 +2735,6 @@ async def test_a_live_call_starts_its_session_first_then_is_greeted_by_commentar
     assert await session.next() == {"type": "session.thinking.append", **thinking}
     await live_say(session, "a3")
     await expect(twilio, "media a3")  # nothing was cleared, nor cut
-
-
-TODAY = datetime.datetime.now(datetime.UTC).strftime("%A")
 
 
 @pytest.mark.parametrize(
