@@ -720,16 +720,15 @@ async def twilio_rest(
     auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
     timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
     method = "GET" if form is None else "POST"
+    options = {"data": form, "headers": auth, "timeout": timeout}
     response = None
     try:
-        options = {"data": form, "headers": auth, "timeout": timeout}
         async with http.request(method, url, **options) as response:
             answer = json.loads(await read_at_most(response, MAX_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         if response is None or response.status < 400:
-            raise TwilioError(
-                f"Twilio's API did not answer: {printable(exc)}"
-            ) from None
+            why = f"Twilio's API did not answer: {printable(exc)}"
+            raise TwilioError(why) from None
         answer = {}  # an error page, not Twilio's JSON (a proxy's 404): the status says
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
@@ -2008,9 +2007,9 @@ async def check_models(state: State) -> None:
 def model_problem(setting: str, status: int, body: bytes) -> None:
     """Log what the Models API said of a model the bridge uses, if it matters."""
     if status != 200:
-        why = f"HTTP {status}"
-        if status == 404:
-            why = "OpenAI has no such model (a typo?)"
+        why = (
+            "OpenAI has no such model (a typo?)" if status == 404 else f"HTTP {status}"
+        )
         log.warning("%s: %s", setting, why)
         return
     try:
@@ -2534,9 +2533,10 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
 async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT."""
     if inspect.iscoroutinefunction(function):
-        work = asyncio.ensure_future(contained(function(*args, **kwargs)))
+        running = function(*args, **kwargs)
     else:
-        work = asyncio.wrap_future(in_thread(function, *args, **kwargs))
+        running = asyncio.wrap_future(in_thread(function, *args, **kwargs))
+    work = asyncio.ensure_future(contained(running))
     try:
         done, _ = await asyncio.wait([work], timeout=TOOL_TIMEOUT)
     finally:  # given up on, and never waited for (wait_for would): code that
@@ -2546,11 +2546,11 @@ async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
     return work.result()
 
 
-async def contained(coroutine: Any) -> Any:
-    """Your coroutine, whose sys.exit() ends only itself: in a task, asyncio would
-    let it stop the event loop, and every call with it."""
+async def contained(running: Any) -> Any:
+    """Your code's result, whose sys.exit() ends only itself: in a task, asyncio
+    would let it stop the event loop, and every call with it."""
     try:
-        return await coroutine
+        return await running
     except Exception:
         raise
     except BaseException as exc:  # sys.exit(), GeneratorExit, a CancelledError
@@ -2575,10 +2575,8 @@ def in_thread(
         if result.set_running_or_notify_cancel():  # not given up on yet
             try:
                 result.set_result(function(*args, **kwargs))
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() too: contained() turns it
                 result.set_exception(exc)
-            except BaseException as exc:  # sys.exit() in a tool ends only the tool
-                result.set_exception(RuntimeError(f"it raised {exc!r}"))
 
     threading.Thread(target=work, daemon=True).start()
     return result
