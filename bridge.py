@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
-import concurrent.futures
 import contextlib
 import copy
 import difflib
@@ -54,6 +53,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -936,8 +936,9 @@ class Call:
             await self.greet()
         waited = time.monotonic() - self.began  # from the webhook, as the proof's
         await asyncio.wait([self.stream], timeout=STREAM_WAIT - waited)
-        if not self.streaming:
-            self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
+        if not self.streaming:  # without GREET_EARLY, it may be another worker's
+            if self.config.greet_early:
+                self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
             return False
         if opened and self.model.socket.get_extra_info("socket") is None:
             self.log.warning("the session was lost before the stream came")
@@ -2103,7 +2104,7 @@ def on_signal(state: State, number: int) -> None:
         return
     seconds = state.config.drain_seconds
     state.drain_until = asyncio.get_running_loop().time() + seconds
-    if seconds:
+    if seconds and state.calls:  # none: it ends at once (or it never served)
         calls = plural(len(state.calls), "call")
         log.info("draining: %s for up to %d s", calls, seconds)
 
@@ -2554,22 +2555,18 @@ async def contained(running: Any) -> Any:
     except Exception:
         raise
     except BaseException as exc:  # sys.exit(), GeneratorExit, a CancelledError
-        if (
-            isinstance(exc, asyncio.CancelledError)
-            and asyncio.current_task().cancelling()
-        ):
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        if cancelled and asyncio.current_task().cancelling():
             raise  # ours: run_bounded gave up on it
         raise RuntimeError(f"it raised {exc!r}") from None
 
 
-def in_thread(
-    function: Callable, *args: Any, **kwargs: Any
-) -> concurrent.futures.Future:
+def in_thread(function: Callable, *args: Any, **kwargs: Any) -> Future:
     # A plain function runs in a daemon thread of its own, so that it cannot block
     # the calls. Not asyncio.to_thread's: those are the threads DNS lookups need, and
     # one that never returns would hold one for good, and the process at exit. Here
     # it is abandoned at TOOL_TIMEOUT.
-    result: concurrent.futures.Future = concurrent.futures.Future()
+    result: Future = Future()
 
     def work() -> None:
         if result.set_running_or_notify_cancel():  # not given up on yet
