@@ -1947,30 +1947,6 @@ def summary_of(caplog) -> str:
     return line
 
 
-@async_test(transcript_dir=TMP)
-async def test_turns_latency_and_summary_logged(twilio, session, w, tmp_path, caplog):
-    await transcribed(session, "user", "My name is Ada.")
-    await speech_stopped(session)
-    await say(session, "item_A", "a1", "a2")  # the latency is to the first delta
-    await expect(twilio, "media a1", "media a2")
-    await transcribed(session, "assistant", "Nice to meet you, Ada.")
-    await speech_started(session)  # a barge-in, for the summary
-    await expect(twilio, "clear")
-    await twilio.hang_up()
-    await wound_down(w.app)  # the summary is the call's last line
-    tag = f"[{CA1}]"
-    assert f"{tag} caller: My name is Ada." in caplog.text
-    assert f"{tag} agent: Nice to meet you, Ada." in caplog.text
-    assert caplog.text.count(f"{tag} reply latency") == 1
-    summary = rf"\[{CA1}\] call ended after \d+ s: 1 turn, median reply latency \d+ ms"
-    assert re.fullmatch(summary + ", 1 barge-in", summary_of(caplog))
-    lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
-    turns = [json.loads(line) for line in lines]
-    said = [("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada.")]
-    assert [(t["role"], t["text"]) for t in turns] == said
-    assert all(datetime.datetime.fromisoformat(t["time"]).tzinfo for t in turns)
-
-
 USAGE = {
     "total_tokens": 150,
     "input_tokens": 100,
@@ -2821,7 +2797,7 @@ async def test_a_tools_output_is_dropped_once_its_session_has_expired(
 
 
 @async_test(transcript_dir=TMP, **REPORTING)
-async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on(
+async def test_a_call_is_logged_and_written_then_the_model_reports_on_it(
     w, tmp_path, caplog, monkeypatch
 ):
     handed_on = []
@@ -2836,29 +2812,41 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
     await transcribed(session, "assistant", "Hello, Acme here.")
     await transcribed(session, "user", "A table for two, please. I'm Ada.")
     await speech_stopped(session)
-    await say(session, "item_A", "a1")
-    await expect(twilio, "media a1")
+    await say(session, "item_A", "a1", "a2")  # the latency is to the first delta
+    await expect(twilio, "media a1", "media a2")
     await transcribed(session, "assistant", "Booked, Ada!")
+    await speech_started(session)  # a barge-in
+    await expect(twilio, "clear")
     await twilio.hang_up()
     await w.reported()
+    assert f"[{CA1}] caller: A table for two, please. I'm Ada." in caplog.text
+    assert f"[{CA1}] agent: Booked, Ada!" in caplog.text
+    assert caplog.text.count(f"[{CA1}] reply latency") == 1
+    summary = rf"\[{CA1}\] call ended after \d+ s: 1 turn, median reply latency \d+ ms"
+    assert re.fullmatch(summary + ", 1 barge-in", summary_of(caplog))
+    lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
+    turns = [json.loads(line) for line in lines]
+    said = ["agent: Hello, Acme here.", "caller: A table for two, please. I'm Ada."]
+    said.append("agent: Booked, Ada!")
+    who = {"assistant": "agent", "user": "caller"}
+    assert [f"{who[t['role']]}: {t['text']}" for t in turns] == said
+    assert all(datetime.datetime.fromisoformat(t["time"]).tzinfo for t in turns)
     [(auth, request)] = w.responses.requests
     assert (auth, set(request)) == ("Bearer sk-test", {"model", "input", "text"})
     assert request["model"] == "gpt-5.4-mini"
-    said = "agent: Hello, Acme here.\ncaller: A table for two, please. I'm Ada."
     assert request["input"] == [
         {"role": "system", "content": bridge.REPORT_PROMPT},
-        {"role": "user", "content": said + "\nagent: Booked, Ada!"},
+        {"role": "user", "content": "\n".join(said)},
     ]
     output = request["text"]["format"]
-    assert (output["type"], output["strict"]) == ("json_schema", True)
-    assert output["name"] == "call_report"
-    schema = output["schema"]
-    assert (schema["type"], schema["additionalProperties"]) == ("object", False)
-    assert schema["required"] == ["summary", "sentiment", "lead_score", "follow_up"]
-    types = {name: field["type"] for name, field in schema["properties"].items()}
+    schema = output.pop("schema")
+    assert output == {"type": "json_schema", "name": "call_report", "strict": True}
+    types = {name: field["type"] for name, field in schema.pop("properties").items()}
     assert types == dict(
         summary="string", sentiment="number", lead_score="integer", follow_up="string"
     )
+    strict = {"required": list(types), "additionalProperties": False}  # every one
+    assert schema == {"type": "object", **strict}
     report = report_file(tmp_path, twilio)
     assert list(report) == [
         *("call_sid", "from", "to", "direction", "started", "duration_s"),
@@ -2866,17 +2854,17 @@ async def test_a_call_report_asks_the_model_then_is_written_logged_and_handed_on
         *GOOD_REPORT,
     ]
     parties = (report["call_sid"], report["from"], report["to"], report["direction"])
-    assert parties == (twilio.call_sid, "+15551230000", "+15557650000", "inbound")
+    assert parties == (CA1, "+15551230000", "+15557650000", "inbound")
     started = datetime.datetime.fromisoformat(report["started"])
     assert started.utcoffset() == datetime.timedelta(0)
     age = datetime.datetime.now(datetime.UTC) - started
     assert 0 <= report["duration_s"] <= age.total_seconds()
-    assert (report["turns"], report["barge_ins"]) == (3, 0)
+    assert (report["turns"], report["barge_ins"]) == (3, 1)
     assert isinstance(report["median_reply_latency_ms"], int)
     assert report["report_model"] == "gpt-5.4-mini"
     assert report.items() >= GOOD_REPORT.items() and handed_on == [report]
     logged = "report: sentiment 0.6, lead score 80: Ada booked a table for two."
-    assert f"[{twilio.call_sid}] {logged}" in caplog.text
+    assert f"[{CA1}] {logged}" in caplog.text
 
 
 def good_but(**fields) -> str:
