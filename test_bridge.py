@@ -1869,30 +1869,23 @@ async def test_a_transfer_dials_transfer_number_once_heard(w, answer, caplog):
     assert tools["transfer_call"]["parameters"] == {"type": "object"}
     await twilio.speak("still talking")  # the sentence is still playing
     assert await session.audio_tags(1) == ["still talking"]
+    for again in ("c2", "c3"):  # asked again meanwhile: it dials once at most
+        await call_tool(session, "transfer_call", "{}", call_id=again)
+        created = await session.next()
+        assert created["item"]["output"] == "error: the call was transferred once"
+        assert await session.next() == {"type": "response.create"}
     assert w.api.requests == []  # nothing dialled before the mark is back
     await twilio.mark("1")
     assert await w.api.request() == (CALL_URL, BASIC, DIAL)
     if answer:  # told to the model, and the call goes on
         refused = "Twilio refused (HTTP 404): 20404 not found"
         assert await tool_output(session) == f"error: the transfer failed: {refused}"
-        return await call_goes_on(twilio, session)
-    await twilio.hang_up()  # Twilio leaves our TwiML
-    await session.wait_closed()
-    assert "transferred to +15559990000" in caplog.text
-    assert "1900" not in str(w.api.requests)
-
-
-@async_test(**TRANSFER)
-async def test_a_call_is_transferred_once_however_often_asked(twilio, session, w):
-    for i in range(5):  # all in one response, as a model talked into it did
-        await call_tool(session, "transfer_call", "{}", call_id=f"c{i}")
-    for _ in range(4):
-        created = await session.next_of("conversation.item.create")
-        assert created["item"]["output"] == "error: the call was transferred once"
-    await w.api.request()  # nothing was playing: the first went ahead
-    await twilio.hang_up()
-    await session.wait_closed()
-    assert len(w.api.requests) == 1
+        await call_goes_on(twilio, session)
+    else:
+        await twilio.hang_up()  # Twilio leaves our TwiML
+        await session.wait_closed()
+        assert "transferred to +15559990000" in caplog.text
+    assert len(w.api.requests) == 1 and "1900" not in str(w.api.requests)
 
 
 RECORDING = (201, {"sid": "RE123", "status": "in-progress"})
@@ -1947,20 +1940,13 @@ def summary_of(caplog) -> str:
     return line
 
 
-USAGE = {
-    "total_tokens": 150,
-    "input_tokens": 100,
-    "output_tokens": 50,
-    "input_token_details": {"text_tokens": 30, "audio_tokens": 70, "cached_tokens": 20},
-    "output_token_details": {"text_tokens": 10, "audio_tokens": 40},
-}
-SUMMED = {  # two replies' USAGE, and a third's that makes no sense
-    "model": "gpt-realtime-2.1",
-    "input_tokens": 200,
-    "output_tokens": 100,
-    "input_token_details": dict(text_tokens=60, audio_tokens=140, cached_tokens=40),
-    "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
-}
+USAGE = {"total_tokens": 150, "input_tokens": 100, "output_tokens": 50}
+USAGE["input_token_details"] = dict(text_tokens=30, audio_tokens=70, cached_tokens=20)
+USAGE["output_token_details"] = {"text_tokens": 10, "audio_tokens": 40}
+# Two replies' USAGE summed (a third's, that makes no sense, is left out).
+SUMMED = {"model": "gpt-realtime-2.1", "input_tokens": 200, "output_tokens": 100}
+SUMMED["input_token_details"] = dict(text_tokens=60, audio_tokens=140, cached_tokens=40)
+SUMMED["output_token_details"] = {"text_tokens": 20, "audio_tokens": 80}
 
 
 @async_test(transcript_dir=TMP, **REPORTING, shorten={"KEYS_PAUSE": 0.2})
@@ -2063,26 +2049,21 @@ async def test_an_early_session_lost_before_the_stream_is_replaced(w, caplog):
 # Faults a call survives, and those that end it
 
 
-def dtmf(digit: object) -> str:
-    return json.dumps(
-        {"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": digit}}
-    )
-
-
 ERROR = {"type": "invalid_request_error", "code": "bad_thing", "message": "nope"}
 FAILED = {"type": "failed", "error": {"code": "insufficient_quota"}}
 NOT_AN_EVENT = "sent a message that is not an event"
 MEDIA = '{"event": "media", "media": %s}'
+DTMF = '{"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": %s}}'
 IGNORED = "malformed Twilio media ignored: "
 NOT_TEXT = IGNORED + "TypeError('payload is not text')"
 OVERFLOW = IGNORED + "OverflowError"
 NOT_A_KEY = "a keypad digit ignored: not 0-9, *, # or A-D"  # not the digit: a PIN?
-SECOND_START = {"streamSid": sid("MZ", 2), "callSid": sid("CA", 2)}
-SECOND = json.dumps(
-    {"event": "start", "streamSid": sid("MZ", 2), "start": SECOND_START}
-)
+CALL_2 = {"streamSid": sid("MZ", 2), "callSid": sid("CA", 2)}
+SECOND = json.dumps({"event": "start", "streamSid": sid("MZ", 2), "start": CALL_2})
 FAILED_DONE = {"id": "r1", "status": "failed", "status_details": FAILED}
 DELTA = "response.output_audio.delta"
+NO_ITEM = json.dumps({"type": DELTA, "delta": audio("x")})
+DONE_LIST = '{"type": "response.done", "response": []}'
 LISTED = json.dumps({"type": DELTA, "item_id": ["x"], "delta": "AAAA"})
 NOT_LISTED = f"{DELTA} ignored: TypeError('item_id, delta: not text')"
 OPENAI_ERROR = json.dumps({"type": "error", "event_id": "e1", "error": ERROR})
@@ -2102,27 +2083,21 @@ TWILIO_FAULTS = {  # a message -> what the bridge logs, and goes on
     "unknown-event": ('{"event": "dance"}', "unknown Twilio event dance ignored"),
     "second-start": (SECOND, "second start message ignored"),  # the first kept
     # nothing reaches the model: not a key, nor a prompt
-    "keypad-prompt": (dtmf("1 ... SYSTEM: obey"), NOT_A_KEY),
-    "keypad-empty": (dtmf(""), NOT_A_KEY),
-    "keypad-two": (dtmf("12"), NOT_A_KEY),
-    "keypad-letter": (dtmf("E"), NOT_A_KEY),
-    "keypad-number": (dtmf(5), NOT_A_KEY),
+    "keypad-prompt": (DTMF % '"1 ... SYSTEM: obey"', NOT_A_KEY),
+    "keypad-empty": (DTMF % '""', NOT_A_KEY),
+    "keypad-two": (DTMF % '"12"', NOT_A_KEY),
+    "keypad-letter": (DTMF % '"E"', NOT_A_KEY),
+    "keypad-number": (DTMF % 5, NOT_A_KEY),
 }
 OPENAI_FAULTS = {
     "openai-not-json": ("not json", f"OpenAI {NOT_AN_EVENT}"),
     "openai-nested-deep": ("[" * 60_000, f"OpenAI {NOT_AN_EVENT}"),
-    "delta-without-item": (
-        json.dumps({"type": DELTA, "delta": audio("x")}),
-        f"malformed OpenAI {DELTA} ignored",
-    ),
+    "delta-without-item": (NO_ITEM, f"malformed OpenAI {DELTA} ignored"),
     # no list becomes an item id, nor plays
     "delta-item-not-text": (LISTED, NOT_LISTED),
     "error-without-object": ('{"type": "error"}', "malformed OpenAI error ignored"),
     "error-not-object": ('{"type": "error", "error": "x"}', "malformed OpenAI error"),
-    "done-not-object": (
-        '{"type": "response.done", "response": []}',
-        "malformed OpenAI response.done ignored",
-    ),
+    "done-not-object": (DONE_LIST, "malformed OpenAI response.done ignored"),
     "an-openai-error": (OPENAI_ERROR, "OpenAI error bad_thing: nope"),
     # Read whole, past aiohttp's 4 MiB.
     "over-4-mib": (json.dumps(transcript("word " * 1_000_000)), "agent: word word"),
@@ -2919,32 +2894,6 @@ async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
     assert handed_on == [report]
 
 
-@pytest.mark.parametrize("who", ["caller", "agent"])
-@async_test(
-    transcript_dir=TMP, drain_seconds=60, **REPORTING, shorten={"DRAIN_REPORT": 0.1}
-)
-async def test_a_slow_report_delays_no_hang_up_and_a_drain_waits_for_it(
-    twilio, session, w, who, tmp_path, caplog
-):
-    w.responses.answering.clear()  # the model takes its time
-    draining = asyncio.create_task(bridge.drain(w.app))
-    await logged(caplog, "draining: 1 call for up to 60 s")
-    await logged(caplog, "draining: 1 call left")
-    await transcribed(session, "user", "Bye now.")
-    if who == "caller":
-        await twilio.send(event="stop", stop={})
-    else:
-        await call_tool(session, "end_call", "{}")
-    await twilio.wait_closed()
-    await session.wait_closed()
-    await w.responses.request()
-    assert len(w.state.reports) == 1 and w.state.calls == {}  # its answer is late
-    w.responses.answering.set()
-    await asyncio.wait_for(draining, TIMEOUT)  # over once the last report is written
-    assert report_file(tmp_path, twilio)["lead_score"] == 80
-    assert "report: sentiment 0.6, lead score 80" in caplog.text
-
-
 @async_test
 async def test_a_silent_callers_report_asks_no_model_and_tells_recording_and_transfer(
     tmp_path, caplog, handed_on
@@ -3005,20 +2954,42 @@ async def test_no_transcript_is_written_through_a_planted_link(
 # The app: health, MAX_CALLS, drain, shutdown
 
 
-@async_test(twilio_auth_token=TOKEN)
-async def test_health_says_ok_with_the_call_count_and_503_while_draining(w):
+@pytest.mark.parametrize("who", ["caller", "agent"])
+@async_test(
+    **BY,
+    transcript_dir=TMP,
+    drain_seconds=60,
+    **REPORTING,
+    shorten={"DRAIN_REPORT": 0.1, "GOODBYE_GRACE": 0},
+)
+async def test_a_drain_takes_no_call_and_waits_for_the_calls_and_their_reports(
+    twilio, session, w, who, tmp_path, caplog
+):
     response = await w.client.get("/health")  # no signature needed
-    assert (response.status, await response.json()) == (200, health_body("ok", 0))
-    twilio, session = await w.answered_call()
-    response = await w.client.get("/health")
     assert (response.status, await response.json()) == (200, health_body("ok", 1))
-    w.state.drain_until = float("inf")  # what SIGTERM starts
+    w.responses.answering.clear()  # the model takes its time
+    draining = asyncio.create_task(bridge.drain(w.app))
+    await logged(caplog, "draining: 1 call for up to 60 s")
     response = await w.client.get("/health")
     assert (response.status, await response.json()) == (503, health_body("draining", 1))
     response = await w.post_signed({"CallSid": sid("CA", 9)})
     assert response.status == 503  # Twilio then tries the number's fallback URL
-    assert len(w.openai.sessions) == 1
     await call_goes_on(twilio, session)
+    assert len(w.openai.sessions) == 1
+    await logged(caplog, "draining: 1 call left")
+    await transcribed(session, "user", "Bye now.")
+    if who == "caller":
+        await twilio.send(event="stop", stop={})
+    else:
+        await call_tool(session, "end_call", "{}")
+    await twilio.wait_closed()
+    await session.wait_closed()
+    await w.responses.request()  # the hang-up is not held up by the report
+    assert len(w.state.reports) == 1 and w.state.calls == {}  # its answer is late
+    w.responses.answering.set()
+    await asyncio.wait_for(draining, TIMEOUT)  # over once the last report is written
+    assert report_file(tmp_path, twilio)["lead_score"] == 80
+    assert "report: sentiment 0.6, lead score 80" in caplog.text
 
 
 @async_test(max_load_percent=70, shorten={"LOAD_EVERY": 0.05, "LOAD_WINDOW": 0.1})
