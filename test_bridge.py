@@ -2431,15 +2431,6 @@ async def test_with_greet_early_off_the_greeting_waits_for_the_stream(w):
 PLACED = {"To": "+15551234567", "Direction": "outbound-api"}
 
 
-async def voicemail_stream(w: World, answered_by: str = "machine_end_beep"):
-    """The stream Twilio opens for call 1 once /amd has redirected it."""
-    twilio = await w.call(start=False)  # call 1: a number placed, then redirected
-    twilio.token = ""  # the proof is the redirect's, minted later than the webhook's
-    proof = bridge.call_proof(TOKEN, CA1, int(time.time()) + 60)
-    await twilio.start({"Voicemail": answered_by, "proof": proof})
-    return twilio
-
-
 VOICEMAIL = {"voicemail_message": "Hi, Acme here.\nCall 555-0100."}
 LIVE = {"openai_model": "gpt-live-1.1"}  # GPT-Live (see its section below)
 OWN_WORDS = "Leave a short message: who is calling, why, and how to call back"
@@ -2457,7 +2448,10 @@ async def test_a_voicemail_stream_replaces_the_calls_and_leaves_a_message(
 ):
     first, first_session = await w.answered_call()  # call 1, still streaming
     w.calls = 0  # the redirected stream is call 1's again; the old one reads nothing
-    twilio = await voicemail_stream(w)
+    twilio = await w.call(start=False)  # the stream Twilio opens once /amd redirects
+    twilio.token = ""  # the proof is the redirect's, minted later than the webhook's
+    proof = bridge.call_proof(TOKEN, CA1, int(time.time()) + 60)
+    await twilio.start({"Voicemail": "machine_end_beep", "proof": proof})
     await first_session.wait_closed()  # the old one is hung up
     session = await (w.live if w.state.config.live else w.openai).session()
     update = (await session.next())["session"]
@@ -2485,6 +2479,7 @@ async def test_a_voicemail_stream_replaces_the_calls_and_leaves_a_message(
 LIVE_SERVER_EVENT = TypeAdapter(LiveServerEvent)
 UNUSED = {"language": "en", "turn_detection": "semantic_vad"}  # Realtime's only
 TODAY = datetime.datetime.now(datetime.UTC).strftime("%A")
+COMMENTARY = "session.commentary.append"  # what greets a GPT-Live call
 
 
 async def live(to: Session, **event) -> None:
@@ -2633,19 +2628,14 @@ async def test_live_transcripts_become_turns(twilio, session, w, tmp_path, caplo
     assert report["usage"] == {"model": "gpt-live-1.1", "seconds": 45}
 
 
-@async_test(**LIVE, shorten={"MAX_TURN": 8})
-async def test_a_live_turn_keeps_max_turn_characters(twilio, session, caplog):
-    await live_words(session, "input", "12345", "67890", "abc")  # no end
-    await live_words(session, "output", "Hm.")  # the caller's turn is over
-    await logged(caplog, "caller: 12345678")
-    assert "123456789" not in caplog.text
-
-
-@async_test(**LIVE, shorten={"REPLAY_BYTES": 30})  # 30 characters here, 33 bytes
+# REPLAY_BYTES: 30 characters here, 33 bytes; MAX_TURN: a turn's deltas may not end.
+@async_test(**LIVE, shorten={"REPLAY_BYTES": 30, "MAX_TURN": 12})
 async def test_an_expired_live_session_replays_the_talk(twilio, session, w, caplog):
     await live_words(session, "output", "Wëlcömé.")  # past REPLAY_BYTES
-    await live_words(session, "input", "Hi, I'm Ada.")
-    await live_words(session, "output", "Hello Ada!")
+    await live_words(session, "input", "Hi, I'm", " Ada.", " And so on")  # cut
+    await live_words(session, "output", "Hello Ada!")  # the caller's turn is over
+    await logged(caplog, "caller: Hi, I'm Ada.")
+    assert "And so on" not in caplog.text
     await live_closed(session, "expired", seconds=7200)
     second = await w.live.session()
     start = await second.next()
@@ -2696,10 +2686,7 @@ async def test_a_session_that_ends_hangs_up_saying_why(w, config, ending, said, 
 @pytest.mark.parametrize("speaks", [True, False], ids=["speaks", "says-nothing"])
 @pytest.mark.parametrize(
     "config, first, greeting",
-    [
-        ({}, "session.update", "response.create"),
-        (LIVE, "session.start", "session.commentary.append"),
-    ],
+    [({}, "session.update", "response.create"), (LIVE, "session.start", COMMENTARY)],
     ids=["realtime", "live"],
 )
 @async_test(shorten={"CALLEE_FIRST": 0.2})
@@ -2894,21 +2881,19 @@ async def test_a_failed_report_is_one_log_line_and_the_facts_carry_the_error(
     assert handed_on == [report]
 
 
-@async_test
+@async_test(**TRANSFER, record_calls=True, transcript_dir=TMP, **REPORTING)
 async def test_a_silent_callers_report_asks_no_model_and_tells_recording_and_transfer(
-    tmp_path, caplog, handed_on
+    w, tmp_path, caplog, handed_on
 ):
     recording = "RE" + "1" * 32
-    config = {**REST, "record_calls": True, "transfer_number": "+15559990000"}
-    async with world(transcript_dir=str(tmp_path), **config, **REPORTING) as w:
-        w.api.answers = [(201, {"sid": recording}), (200, {"sid": "CA"})]
-        twilio, session = await transfer_call(w)
-        await twilio.mark("1")
-        await logged(caplog, "transferred to +15559990000")
-        await transcribed(session, "assistant", "Transferring you now.")
-        await twilio.hang_up()  # Twilio leaves our TwiML
-        await w.reported()
-        assert w.responses.requests == []  # no caller turn: no cost
+    w.api.answers = [(201, {"sid": recording}), (200, {"sid": "CA"})]
+    twilio, session = await transfer_call(w)
+    await twilio.mark("1")
+    await logged(caplog, "transferred to +15559990000")
+    await transcribed(session, "assistant", "Transferring you now.")
+    await twilio.hang_up()  # Twilio leaves our TwiML
+    await w.reported()
+    assert w.responses.requests == []  # no caller turn: no cost
     report = report_file(tmp_path, twilio)
     assert (report["recorded"], report["transferred"]) == (recording, "+15559990000")
     assert list(report).index("transferred") < list(report).index("report_model")
@@ -2929,9 +2914,8 @@ async def test_transcripts_and_reports_are_private(tmp_path, monkeypatch):
             await w.reported()
     finally:
         os.umask(umask)
-    modes = {
-        p.name: stat.S_IMODE(p.stat().st_mode) for p in (folder, *folder.glob("*"))
-    }
+    files = [folder, *folder.glob("*")]
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
     assert modes == {"today": 0o700, f"{CA1}.jsonl": 0o600, f"{CA1}.report.json": 0o600}
 
 
@@ -3402,6 +3386,7 @@ async def test_the_call_command_places_a_call_to_our_webhook_and_prints_its_sid(
 TO = ["+15551234567"]
 USAGE_CALL = "usage: python bridge.py call +15551234567"
 UNSET = ["TWILIO_NUMBER", "PUBLIC_URL"]
+MISSING = "to place a call, set TWILIO_NUMBER, PUBLIC_URL"
 
 
 def refused(status: int, code: int, message: str) -> tuple[tuple, str]:
@@ -3410,21 +3395,19 @@ def refused(status: int, code: int, message: str) -> tuple[tuple, str]:
     return answer, f"Twilio refused (HTTP {status}): {code} {message}"
 
 
+NO_CALLS = {  # the arguments, the settings unset, Twilio's answer, what is printed
+    "missing-settings": (TO, UNSET, None, MISSING),
+    "not-e164": (["555-1234"], [], None, USAGE_CALL),
+    "spaces": (["+1 (555) 123"], [], None, USAGE_CALL),
+    "no-number": ([], [], None, USAGE_CALL),
+    "invalid-to": (TO, [], *refused(400, 21211, "Invalid 'To' Phone Number")),
+    "unauthenticated": (TO, [], *refused(401, 20003, "Authenticate")),
+    "unreachable": (TO, ["TWILIO_API_URL"], None, "Twilio's API did not answer"),
+}
+
+
 @pytest.mark.parametrize(
-    "arguments, unset, answer, message",
-    [
-        (TO, UNSET, None, "to place a call, set TWILIO_NUMBER, PUBLIC_URL"),
-        (["555-1234"], [], None, USAGE_CALL),
-        (["+1 (555) 123"], [], None, USAGE_CALL),
-        ([], [], None, USAGE_CALL),
-        (TO, [], *refused(400, 21211, "Invalid 'To' Phone Number")),
-        (TO, [], *refused(401, 20003, "Authenticate")),
-        (TO, ["TWILIO_API_URL"], None, "Twilio's API did not answer"),
-    ],
-    ids=(
-        "missing-settings not-e164 spaces "
-        "no-number invalid-to unauthenticated unreachable"
-    ).split(),
+    "arguments, unset, answer, message", NO_CALLS.values(), ids=NO_CALLS
 )
 @async_test
 async def test_the_call_command_says_why_it_placed_no_call(
@@ -3594,14 +3577,13 @@ async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
 LIVE_KEY = "sk-live-0123456789abcdef0123456789abcdef"
 
 
-async def redirect_loop(request: web.Request) -> web.Response:
-    raise web.HTTPTemporaryRedirect(request.path)
-
-
 @async_test
 async def test_a_redirect_loop_at_the_session_or_report_puts_no_key_anywhere(
     tmp_path, caplog, handed_on
 ):
+    async def redirect_loop(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(request.path)
+
     loop = web.Application()
     loop.router.add_route("*", "/{path:.*}", redirect_loop)
     async with TestServer(loop) as server:
@@ -3774,19 +3756,6 @@ class Wiretap:
                 return when, message
 
 
-async def caller_frames(session: Session, seconds: float) -> list[tuple[float, str]]:
-    """The caller's audio that reaches OpenAI in `seconds`, each with when it came."""
-    loop = asyncio.get_running_loop()
-    first = await session.next_of("input_audio_buffer.append")
-    frames = [(loop.time(), first["audio"])]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout_at(frames[0][0] + seconds):
-            while True:
-                event = await session.next_of("input_audio_buffer.append")
-                frames.append((loop.time(), event["audio"]))
-    return frames
-
-
 async def dial(page) -> dict:
     """Press Call; the webhook the page posted, as a form."""
     async with page.expect_request("**/incoming") as webhook:
@@ -3844,7 +3813,13 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
         said_at = loop.time()
         await say(session, "item_hi", "hi", ms=1000)
         await reply_done(session)
-        frames = await caller_frames(session, 1.2)
+        first = await session.next_of("input_audio_buffer.append")
+        frames = [(loop.time(), first["audio"])]  # each with when it came
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(frames[0][0] + 1.2):
+                while True:
+                    event = await session.next_of("input_audio_buffer.append")
+                    frames.append((loop.time(), event["audio"]))
         assert 54 <= len(frames) <= 66  # one per 20 ms
         assert max(b - a for (a, _), (b, _) in itertools.pairwise(frames)) <= 0.2
         assert {len(base64.b64decode(audio)) for _, audio in frames} == {160}
