@@ -2480,6 +2480,7 @@ LIVE_SERVER_EVENT = TypeAdapter(LiveServerEvent)
 UNUSED = {"language": "en", "turn_detection": "semantic_vad"}  # Realtime's only
 TODAY = datetime.datetime.now(datetime.UTC).strftime("%A")
 COMMENTARY = "session.commentary.append"  # what greets a GPT-Live call
+NO_NOPE = "error: there is no tool named 'nope'"
 
 
 async def live(to: Session, **event) -> None:
@@ -2566,10 +2567,7 @@ async def test_a_live_call_starts_its_session_first_then_is_greeted_by_commentar
 
 @pytest.mark.parametrize(
     "name, arguments, output",
-    [
-        ("current_time", '{"zone": "UTC"}', TODAY),
-        ("nope", "{}", "error: there is no tool named 'nope'"),
-    ],
+    [("current_time", '{"zone": "UTC"}', TODAY), ("nope", "{}", NO_NOPE)],
     ids=["declared", "undeclared"],
 )
 @async_test(**LIVE)
