@@ -889,6 +889,7 @@ class Call:
         self.caller_turns = 0  # each end of the caller's speech, each key pressed
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
+        self.hanging_up = False  # and hung up by the agent once (end_call)
         self.transferred = False  # a call is transferred once at most
         self.happened: dict[str, str] = {}  # transferred, recorded: for its report
         # A tool's call_id -> the session that asked: a renewed one knows no call_id.
@@ -1215,6 +1216,9 @@ class Call:
 
     async def end_call(self) -> None:
         """The agent said goodbye: let the caller hear it to the end, then hang up."""
+        if self.hanging_up:  # asked again meanwhile: each would wait, and hang up
+            return
+        self.hanging_up = True
         await self.finish_speaking()
         self.log.info("the agent hung up")
         await close_socket(self.twilio, self.log)
@@ -2186,7 +2190,7 @@ class Worker(GunicornWebWorker):
     # gunicorn retires a worker by setting `alive` to False, and aiohttp's serve
     # loop then shuts aiohttp down within a second, which deafens live calls. Here
     # False begins the drain instead, and the worker stays alive until it is over.
-    # gunicorn kills a worker after --graceful-timeout: keep it above DRAIN_SECONDS.
+    runner: web.AppRunner | None = None  # once booted (load_wsgi)
     draining: asyncio.Task | None = None
     drained = False
 
@@ -2198,10 +2202,10 @@ class Worker(GunicornWebWorker):
     def alive(self, alive: bool) -> None:
         if alive or self.draining or self.drained:
             return
-        if getattr(self, "wsgi", None) is None:  # still booting: nothing to drain
+        if self.runner is None:  # still booting: nothing to drain
             self.drained = True
             return
-        on_signal(self.wsgi[STATE], signal.SIGTERM)
+        on_signal(self.runner.app[STATE], signal.SIGTERM)
         self.draining = self.loop.create_task(self.drain_then_stop())
         # aiohttp's loop retires a worker past max_requests, or with another
         # parent, without waiting: that must not be found again (and spin).
@@ -2210,16 +2214,30 @@ class Worker(GunicornWebWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        state = self.wsgi[STATE]
+        limit = self.cfg.graceful_timeout  # then gunicorn kills the worker
+        if state.config.drain_seconds >= limit:  # its calls unsummed, cut off
+            fail(f"DRAIN_SECONDS is not allowed: below --graceful-timeout ({limit:g})")
         if self.cfg.workers > 1:  # a webhook and its stream may reach two workers
-            state = self.wsgi[STATE]
             state.config = replace(state.config, greet_early=False)
+        # aiohttp makes its own runner unless it is handed one; with ours, a drain
+        # can stop listening.
+        self.runner = web.AppRunner(self.wsgi, access_log=None)
+        self.wsgi = self.handed_runner
+
+    async def handed_runner(self) -> web.AppRunner:
+        return self.runner
 
     async def drain_then_stop(self) -> None:
-        await drain(self.wsgi)
+        # A draining worker stops listening: the new calls go to the workers that
+        # stay (a reload's new ones), not to a 503 or a drain that cuts them off.
+        for site in self.runner.sites:
+            await site.stop()
+        await drain(self.runner.app)
         self.drained = True  # then aiohttp's shutdown: close_calls() hangs up the rest
 
     def handle_quit(self, sig: int, frame: Any) -> None:  # SIGINT, SIGQUIT
-        on_signal(self.wsgi[STATE], signal.SIGINT)
+        on_signal(self.runner.app[STATE], signal.SIGINT)
         self.drained = True
         if self.draining:  # its last step is moot now
             self.draining.cancel()
