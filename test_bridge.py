@@ -256,27 +256,21 @@ class FakeOpenAI:
         return ws
 
     async def admit(self, session: Session, event: dict) -> None:
-        starts = event["type"] == "session.start"
-        if session.started and starts:
+        kind = event["type"]
+        if kind != "session.start" and not session.started:
+            self.invalid.append(f"{kind} before session.started")
+        elif kind == "session.start" and session.started:
             self.invalid.append("a second session.start")
-        elif session.started and event["type"] == "session.close":
-            usage = {"seconds": session.seconds}
-            if session.seconds is not None:  # None: it never answers
-                await session.send(
-                    type="session.closed",
-                    event_id="e1",
-                    reason="close_requested",
-                    session=LIVE_SESSION,
-                    usage=usage,
-                )
-        elif not session.started and not starts:
-            self.invalid.append(f"{event['type']} before session.started")
-        elif starts and self.admission:
+        elif kind == "session.start" and self.admission:
             await session.send(type="error", event_id="e0", error=self.admission.pop(0))
-        elif starts:
+        elif kind == "session.start":
             session.started = True
             started = {"type": "session.started", "event_id": "e0"}
             await session.send(**started, session=LIVE_SESSION)
+        elif kind == "session.close" and session.seconds is not None:
+            closed = {"type": "session.closed", "reason": "close_requested"}
+            closed |= {"event_id": "e1", "usage": {"seconds": session.seconds}}
+            await session.send(**closed, session=LIVE_SESSION)
 
     async def session(self) -> Session:
         return await asyncio.wait_for(self.new_session.get(), TIMEOUT)
@@ -1386,20 +1380,6 @@ async def test_a_host_utf8_cannot_encode_gets_403_not_a_traceback(w, caplog):
     assert "bad signature" in caplog.text
 
 
-@async_test(twilio_auth_token=TOKEN)
-async def test_a_replayed_webhook_gets_403_and_no_proof_even_after_its_call(w, caplog):
-    assert (await w.post_signed(FORM)).status == 200  # its session opens
-    twilio, session = await w.answered_call()  # the stream, with its proof, takes it
-    await call_goes_on(twilio, session)
-    await twilio.hang_up()
-    await wound_down(w.app)
-    for _ in range(3):  # a captured webhook, replayed
-        replay = await w.post_signed(FORM)
-        assert replay.status == 403 and "proof" not in await replay.text()
-    assert len(w.openai.sessions) == 1
-    assert caplog.text.count(f"{CA1} was answered already") == 3
-
-
 @pytest.mark.parametrize(
     "limit, load, late, why",
     [
@@ -1560,7 +1540,11 @@ async def test_a_bad_or_replayed_start_opens_no_session(w, start, refused, caplo
 
 
 @async_test(twilio_auth_token=TOKEN)
-async def test_a_proof_opens_one_stream_and_a_call_has_one(twilio, session, w, caplog):
+async def test_a_call_has_one_stream_and_its_webhook_or_proof_replayed_opens_none(
+    w, caplog
+):
+    assert (await w.post_signed(FORM)).status == 200  # its session opens
+    twilio, session = await w.answered_call()  # the stream, with its proof, takes it
     await (await started(w, proved(twilio.proof, 1))).wait_closed()  # while live
     fresh = bridge.call_proof(TOKEN, CA1, int(time.time()) + 100)
     await (await started(w, proved(fresh, 1))).wait_closed()
@@ -1569,9 +1553,13 @@ async def test_a_proof_opens_one_stream_and_a_call_has_one(twilio, session, w, c
     await twilio.hang_up()
     await wound_down(w.app)
     await (await started(w, proved(twilio.proof, 1))).wait_closed()  # and after
+    for _ in range(3):  # a captured webhook, replayed
+        replay = await w.post_signed(FORM)
+        assert replay.status == 403 and "proof" not in await replay.text()
     assert len(w.openai.sessions) == 1
     refused = f"[{CA1}] stream refused: its proof was used already"
     assert caplog.text.count(refused) == 2
+    assert caplog.text.count(f"{CA1} was answered already") == 3
 
 
 @async_test(twilio_auth_token=TOKEN, shorten={"CLOSE_TIMEOUT": 0.1})
