@@ -93,6 +93,11 @@ def sign(url: str, form: dict | None = None) -> dict:
     return {"X-Twilio-Signature": bridge.twilio_signature(TOKEN, url, form or {})}
 
 
+def signed(form=FORM, base="https://example.com", host="example.com") -> dict:
+    """The headers of a webhook Twilio signed."""
+    return {"Host": host, **sign(f"{base}/incoming", form)}
+
+
 # ---------------------------------------------------------------------------
 # The bridge's state, read only through here
 
@@ -460,8 +465,7 @@ class World:
         return await response.text()
 
     async def post_signed(self, form: dict) -> aiohttp.ClientResponse:
-        headers = {"Host": "example.com", **sign("https://example.com/incoming", form)}
-        return await self.client.post("/incoming", data=form, headers=headers)
+        return await self.client.post("/incoming", data=form, headers=signed(form))
 
     async def raw(self, request: bytes) -> bytes:
         """Bytes sent as they are, and all that comes back until the bridge closes."""
@@ -639,7 +643,6 @@ def in_short(message: dict) -> str:
 
 
 async def expect(twilio: FakeTwilio, *messages: str) -> None:
-    """The next messages Twilio gets are these, in this order."""
     assert [in_short(await twilio.receive()) for _ in messages] == list(messages)
 
 
@@ -719,10 +722,8 @@ class Running:
     async def logged(self, text: str) -> str:
         """The first line the bridge logged with this text, once it has."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(TIMEOUT):
-                while not (found := [line for line in self.lines if text in line]):
-                    await asyncio.sleep(0.02)
-                return found[0]
+            await until(lambda: any(text in line for line in self.lines), text)
+            return next(line for line in self.lines if text in line)
         raise AssertionError(f"never logged: {text}\n{''.join(self.lines)}")
 
     async def stream(self, number: int) -> FakeTwilio:
@@ -777,11 +778,10 @@ async def running_bridge(*command: str, **env: str):
             reader = asyncio.create_task(running.read_log())
             try:
                 for _ in range(500):  # wait for it to listen
-                    try:
+                    with contextlib.suppress(aiohttp.ClientConnectionError):
                         async with http.get(running.url("/health")):
                             break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)
                 yield running
             finally:
                 with contextlib.suppress(ProcessLookupError):  # a worker left over
@@ -1007,10 +1007,6 @@ async def test_a_call_opens_one_session_configured_first_then_the_agent_greets(
     assert await tool_output(session) == "closed"
 
 
-async def lookup(city: str) -> dict:
-    return {"city": city, "open": True}
-
-
 async def broken(*args, **kwargs):  # a tool, or after_call
     raise RuntimeError("the database is down")
 
@@ -1031,7 +1027,8 @@ async def cancels_itself() -> None:
     raise asyncio.CancelledError()
 
 
-TEST_TOOLS = {"lookup": lookup, "broken": broken, "slow": slow}
+TEST_TOOLS = {"lookup": lambda city: {"city": city, "open": True}}
+TEST_TOOLS |= {"broken": broken, "slow": slow}
 TEST_TOOLS |= {"huge": lambda: "x" * 2_000_000, "quits": lambda: sys.exit(3)}
 TEST_TOOLS |= {"quits_async": quits_async, "cancels_itself": cancels_itself}
 CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPUT} "
@@ -1054,7 +1051,7 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
         ("cancels_itself", "{}", "error: cancels_itself failed: RuntimeError: it"),
     ],
     ids=(
-        "async-returns-data huge-output unknown undeclared "
+        "returns-data huge-output unknown undeclared "
         "bad-json tool-raises async-raises too-slow quits quits-async cancels-itself"
     ).split(),
 )
@@ -1241,10 +1238,6 @@ def typed(kind: str, **headers) -> dict:
     return {"Content-Type": kind, **headers}
 
 
-def signed(form=FORM, base="https://example.com", host="example.com") -> dict:
-    return {"Host": host, **sign(f"{base}/incoming", form)}
-
-
 def knock(status: int, said: str = "<Stream url=", config: dict = BY, **request):
     """A request to the webhook, the status it gets and what it is told (200), or
     the one line it logs."""
@@ -1403,8 +1396,7 @@ async def test_past_a_limit_a_call_hears_busy_and_health_says_so(w, caplog):
     await late.wait_closed()
     assert len(w.openai.sessions) == 2
     health = await w.client.get("/health")  # a load balancer sends no more
-    assert health.status == 503
-    assert await health.json() == health_body("full", 2, 2)
+    assert health.status == 503 and await health.json() == health_body("full", 2, 2)
     assert "a call refused: MAX_CALLS=2 reached" in caplog.text
     assert f"[{late.call_sid}] stream refused: MAX_CALLS=2 reached" in caplog.text
     await call_goes_on(twilio, session)
@@ -1483,7 +1475,6 @@ def proved(proof: object, number: int = 0xBAD) -> dict:
 
 
 async def started(w: World, start: dict, **ws) -> FakeTwilio:
-    """A signed stream whose `start` is this."""
     headers = {"Host": "example.com", **SIGNED_MEDIA}
     twilio = FakeTwilio(await w.client.ws_connect("/media", headers=headers, **ws), 0)
     await twilio.send(event="start", start=start)
