@@ -796,8 +796,13 @@ async def exits(*command: str, **env: str) -> tuple[int, str, str]:
     """`python bridge.py` (or `command`) run to its end with only these settings:
     its exit code, what it printed and what it logged."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "TWI"))}
-    proc = await python(command, {**clean, **env}, stdout=subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 3 * TIMEOUT)
+    options = {"stdout": subprocess.PIPE, "start_new_session": True}
+    proc = await python(command, {**clean, **env}, **options)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 3 * TIMEOUT)
+    finally:  # one that never exits (a failing test) is killed, workers and all
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode, out.decode(), err.decode()
 
 
