@@ -2012,9 +2012,9 @@ async def check_models(state: State) -> None:
 def model_problem(setting: str, status: int, body: bytes) -> None:
     """Log what the Models API said of a model the bridge uses, if it matters."""
     if status != 200:
-        why = (
-            "OpenAI has no such model (a typo?)" if status == 404 else f"HTTP {status}"
-        )
+        why = f"HTTP {status}"
+        if status == 404:
+            why = "OpenAI has no such model (a typo?)"
         log.warning("%s: %s", setting, why)
         return
     try:
