@@ -256,7 +256,7 @@ REFUSALS_EVERY = 60.0  # seconds: refusals of a kind log WARNINGS_SHOWN lines in
 # Answered calls, used proofs and /amd verdicts are remembered, so that a replay
 # buys nothing: the last REMEMBERED of them, about two a call (at 300 calls of 3
 # minutes, 100 minutes' worth). Another process, or a restart, has not seen them:
-# Call.check_live() asks Twilio.
+# with TWILIO_ACCOUNT_SID set, Call.check_live() asks Twilio.
 REMEMBERED = 20_000
 MAX_ANSWER = 1024 * 1024  # bytes read of an answer from Twilio's or OpenAI's APIs
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
@@ -743,13 +743,14 @@ async def twilio_rest(
 # What the caller has heard
 #
 # The model sends its audio faster than real time; Twilio queues it and plays it at
-# 8,000 bytes a second. We send a mark after each stretch of audio (a chunk: about a
-# second, not Twilio's 20 ms `media.chunk`), and Twilio sends the mark back once it
-# has played everything before it. Between marks, Twilio's stream clock says how far
-# playback has got: the caller's media timestamps tick on the clock Twilio plays by,
-# and audio sent to an empty queue plays at once. So when the caller interrupts,
-# the oldest chunk whose mark is not back is playing, heard from its start for as
-# long as the clock has run since it began, and every chunk after it was not heard.
+# 8,000 bytes a second. We send a mark after each stretch of audio (a chunk: a
+# second or two, not Twilio's 20 ms `media.chunk`), and Twilio sends the mark back
+# once it has played everything before it. Between marks, Twilio's stream clock says
+# how far playback has got: the caller's media timestamps tick on the clock Twilio
+# plays by, and audio sent to an empty queue plays at once. So when the caller
+# interrupts, the oldest chunk whose mark is not back is playing, heard from its
+# start for as long as the clock has run since it began, and every chunk after it
+# was not heard.
 
 
 class Chunk(NamedTuple):
@@ -929,7 +930,8 @@ class Call:
         # comes before the stream waits in the OpenAI socket (aiohttp stops reading
         # at its buffer's limit), so it plays, and counts as played, from `start`.
         # GPT-Live bills a session from its start: without GREET_EARLY (several
-        # workers), only the process that gets the stream opens one.
+        # workers), only the process that gets the stream opens one. An idle
+        # Realtime session costs nothing, so it opens at the webhook all the same.
         early = self.config.greet_early or not self.config.live
         opened = early and await self.model.open()
         greeted = opened and self.config.greet_early and self.kind != "outbound"
@@ -1625,7 +1627,9 @@ def session_start(config: Config, instructions: str, turns: list[tuple]) -> dict
 
 
 class Live(ModelSession):
-    """A call's session on OpenAI's GPT-Live API, renewed when it expires."""
+    """A call's session on OpenAI's GPT-Live API, renewed when it expires. It says
+    neither when the caller barged in nor when their turn ended, so the summary
+    counts no barge-ins and times no reply."""
 
     truncates = False
 
@@ -2190,7 +2194,7 @@ class Worker(GunicornWebWorker):
     # gunicorn retires a worker by setting `alive` to False, and aiohttp's serve
     # loop then shuts aiohttp down within a second, which deafens live calls. Here
     # False begins the drain instead, and the worker stays alive until it is over.
-    runner: web.AppRunner | None = None  # once booted (load_wsgi)
+    runner: web.AppRunner  # made as it boots (load_wsgi), before any signal
     draining: asyncio.Task | None = None
     drained = False
 
@@ -2201,9 +2205,6 @@ class Worker(GunicornWebWorker):
     @alive.setter
     def alive(self, alive: bool) -> None:
         if alive or self.draining or self.drained:
-            return
-        if self.runner is None:  # still booting: nothing to drain
-            self.drained = True
             return
         on_signal(self.runner.app[STATE], signal.SIGTERM)
         self.draining = self.loop.create_task(self.drain_then_stop())
@@ -2221,8 +2222,15 @@ class Worker(GunicornWebWorker):
         if self.cfg.workers > 1:  # a webhook and its stream may reach two workers
             state.config = replace(state.config, greet_early=False)
         # aiohttp makes its own runner unless it is handed one; with ours, a drain
-        # can stop listening.
-        self.runner = web.AppRunner(self.wsgi, access_log=None)
+        # can stop listening. Its options are the ones aiohttp's would have.
+        cfg = self.cfg
+        self.runner = web.AppRunner(
+            self.wsgi,
+            logger=self.log,
+            access_log=self.log.access_log if cfg.accesslog else None,
+            access_log_format=self._get_valid_log_format(cfg.access_log_format),
+            shutdown_timeout=cfg.graceful_timeout * 0.95,
+        )
         self.wsgi = self.handed_runner
 
     async def handed_runner(self) -> web.AppRunner:

@@ -3122,7 +3122,9 @@ async def test_two_gunicorn_workers_each_carry_calls_and_only_a_streams_greets()
 @pytest.mark.parametrize("how", ["sigterm", "hup", "max-requests", "its-master-dies"])
 @async_test
 async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
-    more = ("--max-requests", "4") if how == "max-requests" else ()
+    # gunicorn's --access-logfile is honoured too.
+    more = ("--max-requests", "4", "--access-logfile", "/dev/stderr")
+    more = more if how == "max-requests" else ()
     async with running_bridge(*ONE_WORKER, *more, DRAIN_SECONDS="30") as workers:
         twilio, session = await workers.answered_call(1)
         if how == "sigterm":
@@ -3132,6 +3134,7 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
         elif how == "max-requests":
             for _ in range(4):  # past --max-requests: gunicorn retires the worker
                 await workers.health()
+            await workers.logged('"GET /health HTTP/1.1" 200')
         else:
             workers.child.kill()  # the master, and only it
         await workers.logged("draining: 1 call for up to 30 s")
