@@ -169,7 +169,7 @@ class Config:
         if self.idle_timeout_seconds and self.turn_detection != "server_vad":
             yield "IDLE_TIMEOUT_SECONDS works only with server_vad"
         rest = self.twilio_account_sid and self.twilio_auth_token
-        for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # and /amd
+        for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # to call out
             if getattr(self, name.lower()) and not rest:
                 yield f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         name = "TRANSCRIBE_KEYWORDS"
@@ -749,8 +749,9 @@ async def twilio_rest(
 # how far playback has got: the caller's media timestamps tick on the clock Twilio
 # plays by, and audio sent to an empty queue plays at once. So when the caller
 # interrupts, the oldest chunk whose mark is not back is playing, heard from its
-# start for as long as the clock has run since it began, and every chunk after it
-# was not heard.
+# start for as long as the clock has run since it began (the model sends faster
+# than real time, so a reply plays without gaps), and every chunk after it was not
+# heard.
 
 
 class Chunk(NamedTuple):
@@ -1077,6 +1078,7 @@ class Call:
     async def on_keypress(self, digit: str) -> None:
         """A key interrupts at once; the burst it begins is one turn (keys_pressed)."""
         if not self.keys:
+            await self.model.stop_reply()
             await self.interrupt()
             self.start(self.keys_pressed())
         if len(self.keys) < MAX_KEYS:  # more are dropped
@@ -1483,6 +1485,9 @@ class ModelSession:
         if self.socket is not None:
             await close_socket(self.socket, self.call.log)
 
+    async def stop_reply(self) -> None:
+        """A key was pressed. (GPT-Live goes on until it is told which.)"""
+
 
 class Realtime(ModelSession):
     """A call's session on OpenAI's Realtime API, renewed when it expires."""
@@ -1496,9 +1501,8 @@ class Realtime(ModelSession):
         """Open and configure a session, with the conversation so far and what the
         caller said while it opened; False (logged) if it could not be opened."""
         call, config = self.call, self.call.config
-        if not await self.connect(
-            f"{config.openai_realtime_url}?model={config.openai_model}"
-        ):
+        url = f"{config.openai_realtime_url}?model={config.openai_model}"
+        if not await self.connect(url):
             return False
         self.responding = False  # a new session has no response yet
         voicemail = call.kind == "voicemail"
@@ -1525,10 +1529,16 @@ class Realtime(ModelSession):
         truncate = {"item_id": reply, "content_index": 0, "audio_end_ms": heard_ms}
         await self.send({"type": "conversation.item.truncate", **truncate})
 
+    async def stop_reply(self) -> None:
+        """A key was pressed: cancel the reply being made, before it is cut (OpenAI
+        cancels one itself only for speech), or it goes on past what was heard."""
+        if self.responding:
+            await self.send({"type": "response.cancel"})
+            self.responding = False
+
     async def caller_text(self, text: str) -> None:
         """Text the caller gave (keys): the model answers it, at once."""
-        if self.responding:  # else response.create is refused: one at a time
-            await self.send({"type": "response.cancel"})
+        await self.stop_reply()  # else response.create is refused: one at a time
         await self.send(message_item("user", text))
         await self.respond()
 
@@ -2194,6 +2204,8 @@ class Worker(GunicornWebWorker):
     # gunicorn retires a worker by setting `alive` to False, and aiohttp's serve
     # loop then shuts aiohttp down within a second, which deafens live calls. Here
     # False begins the drain instead, and the worker stays alive until it is over.
+    # A second SIGTERM changes nothing: systemd sends one to each worker, besides
+    # the master's.
     runner: web.AppRunner  # made as it boots (load_wsgi), before any signal
     draining: asyncio.Task | None = None
     drained = False
@@ -2215,15 +2227,12 @@ class Worker(GunicornWebWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        state = self.wsgi[STATE]
-        limit = self.cfg.graceful_timeout  # then gunicorn kills the worker
-        if state.config.drain_seconds >= limit:  # its calls unsummed, cut off
-            fail(f"DRAIN_SECONDS is not allowed: below --graceful-timeout ({limit:g})")
-        if self.cfg.workers > 1:  # a webhook and its stream may reach two workers
+        state, cfg = self.wsgi[STATE], self.cfg
+        self.check_drain(state.config)
+        if cfg.workers > 1:  # a webhook and its stream may reach two workers
             state.config = replace(state.config, greet_early=False)
         # aiohttp makes its own runner unless it is handed one; with ours, a drain
         # can stop listening. Its options are the ones aiohttp's would have.
-        cfg = self.cfg
         self.runner = web.AppRunner(
             self.wsgi,
             logger=self.log,
@@ -2232,6 +2241,15 @@ class Worker(GunicornWebWorker):
             shutdown_timeout=cfg.graceful_timeout * 0.95,
         )
         self.wsgi = self.handed_runner
+
+    def check_drain(self, config: Config) -> None:
+        """Past --graceful-timeout gunicorn kills the worker: its calls unsummed, cut
+        off. The drain's reports, and those of the calls it hangs up, need time too."""
+        reports = REPORT_TIMEOUT + TOOL_TIMEOUT if config.report_model else 0
+        if config.drain_seconds + reports >= self.cfg.graceful_timeout:
+            less = f" less {reports:g} s for the reports" if reports else ""
+            limit = f"--graceful-timeout ({self.cfg.graceful_timeout:g}){less}"
+            fail(f"DRAIN_SECONDS is not allowed: below {limit}")
 
     async def handed_runner(self) -> web.AppRunner:
         return self.runner
