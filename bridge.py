@@ -732,10 +732,9 @@ async def twilio_rest(
         answer = {}  # an error page, not Twilio's JSON (a proxy's 404): the status says
     if not isinstance(answer, dict) or response.status >= 400:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
-        code = printable(error.get("code"))
-        message = printable(error.get("message"), 300)
-        why = f"Twilio refused (HTTP {response.status}): {code} {message}"
-        raise TwilioError(why, response.status)
+        said = [printable(error[k], 300) for k in ("code", "message") if error.get(k)]
+        why = f"Twilio refused (HTTP {response.status}): "
+        raise TwilioError(why + (" ".join(said) or "no reason given"), response.status)
     return answer
 
 
@@ -941,7 +940,7 @@ class Call:
         waited = time.monotonic() - self.began  # from the webhook, as the proof's
         await asyncio.wait([self.stream], timeout=STREAM_WAIT - waited)
         if not self.streaming:  # without GREET_EARLY, it may be another worker's
-            if self.config.greet_early:
+            if self.config.greet_early and opened:
                 self.log.warning("no stream in %g s: session closed", STREAM_WAIT)
             return False
         if opened and self.model.socket.get_extra_info("socket") is None:
@@ -2293,10 +2292,10 @@ async def place_call(config: Config, number: str) -> str:
 def call_command(config: Config, arguments: list[str]) -> None:
     """python bridge.py call +15551234567: place a call, print its CallSid."""
     needed = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_NUMBER", "PUBLIC_URL")
-    if missing := [name for name in needed if not getattr(config, name.lower())]:
-        sys.exit(f"to place a call, set {', '.join(missing)}")
     if len(arguments) != 1 or not re.fullmatch(PHONE_NUMBER, arguments[0]):
         sys.exit("usage: python bridge.py call +15551234567 (+, then up to 15 digits)")
+    if missing := [name for name in needed if not getattr(config, name.lower())]:
+        sys.exit(f"to place a call, set {', '.join(missing)}")
     try:
         print(asyncio.run(place_call(config, arguments[0])))
     except TwilioError as exc:

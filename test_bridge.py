@@ -2187,10 +2187,16 @@ async def test_a_passing_failure_at_the_webhook_is_tried_again_by_the_stream(w, 
     assert len(lines) >= 5 and all(line.startswith(f"[{CA1}] ") for line in lines)
 
 
-@async_test(openai_realtime_url=f"ws://127.0.0.1:{free_port()}/v1/realtime")
+@async_test(
+    openai_realtime_url=f"ws://127.0.0.1:{free_port()}/v1/realtime",
+    shorten={"STREAM_WAIT": 0.5},
+)
 async def test_an_unreachable_openai_ends_the_call_cleanly(w, caplog):
     await (await w.call()).wait_closed()
     assert "could not open the OpenAI session: ClientConnectorError" in caplog.text
+    await w.webhook(sid("CA", 2))  # whose stream never comes: no session opened,
+    await wound_down(w.app)  # so none is said to close
+    assert "no stream in" not in caplog.text
 
 
 NOT_LIVE = "not live: a replay? hanging up"
@@ -3396,8 +3402,10 @@ NO_CALLS = {  # the arguments, the settings unset, Twilio's answer, what is prin
     "not-e164": (["555-1234"], [], None, USAGE_CALL),
     "spaces": (["+1 (555) 123"], [], None, USAGE_CALL),
     "no-number": ([], [], None, USAGE_CALL),
+    "no-number-nor-settings": ([], UNSET, None, USAGE_CALL),  # the usage first
     "invalid-to": (TO, [], *refused(400, 21211, "Invalid 'To' Phone Number")),
     "unauthenticated": (TO, [], *refused(401, 20003, "Authenticate")),
+    "no-reason": (TO, [], (502, {}), "Twilio refused (HTTP 502): no reason given"),
     "unreachable": (TO, ["TWILIO_API_URL"], None, "Twilio's API did not answer"),
 }
 
