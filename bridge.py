@@ -1077,8 +1077,7 @@ class Call:
     async def on_keypress(self, digit: str) -> None:
         """A key interrupts at once; the burst it begins is one turn (keys_pressed)."""
         if not self.keys:
-            await self.model.stop_reply()
-            await self.interrupt()
+            await self.stop_agent()
             self.start(self.keys_pressed())
         if len(self.keys) < MAX_KEYS:  # more are dropped
             self.keys += digit
@@ -1092,7 +1091,13 @@ class Call:
         self.log.info("caller pressed %s", plural(len(keys), "key"))  # not which
         self.caller_turns += 1
         self.add_turn("user", f"pressed {keys}")
+        await self.stop_agent()  # a reply begun meanwhile (to the last burst) too
         await self.model.caller_text(f"The caller pressed {keys} on the keypad.")
+
+    async def stop_agent(self) -> None:
+        """Keys: the agent stops, and the model is told what the caller heard."""
+        await self.model.stop_reply()  # first, so that its reply grows no more
+        await self.interrupt()
 
     # -- To the caller: the model's voice, and barge-in ------------------------
 
@@ -1494,6 +1499,8 @@ class Realtime(ModelSession):
     def __init__(self, call: Call) -> None:
         super().__init__(call)
         self.responding = False  # a response is being generated: cancel it first
+        self.cancelled = False  # we cancelled it: until its response.done, its late
+        # audio must not play (a reply whose audio had not begun is no cut_reply)
         self.usage = copy.deepcopy(NO_USAGE)  # the replies' usage, summed
 
     async def open(self) -> bool:
@@ -1503,7 +1510,6 @@ class Realtime(ModelSession):
         url = f"{config.openai_realtime_url}?model={config.openai_model}"
         if not await self.connect(url):
             return False
-        self.responding = False  # a new session has no response yet
         voicemail = call.kind == "voicemail"
         update = session_update(config, call.instructions, voicemail)
         await call.send(self.socket, update)
@@ -1526,14 +1532,16 @@ class Realtime(ModelSession):
     async def cut(self, reply: str, heard_ms: int) -> None:
         """The caller heard `reply` up to `heard_ms`: the model forgets the rest."""
         truncate = {"item_id": reply, "content_index": 0, "audio_end_ms": heard_ms}
-        await self.send({"type": "conversation.item.truncate", **truncate})
+        if self.ready:  # a renewed session does not know the item
+            await self.send({"type": "conversation.item.truncate", **truncate})
 
     async def stop_reply(self) -> None:
         """A key was pressed: cancel the reply being made, before it is cut (OpenAI
         cancels one itself only for speech), or it goes on past what was heard."""
-        if self.responding:
+        if self.responding and self.ready:
             await self.send({"type": "response.cancel"})
             self.responding = False
+            self.cancelled = True
 
     async def caller_text(self, text: str) -> None:
         """Text the caller gave (keys): the model answers it, at once."""
@@ -1550,9 +1558,10 @@ class Realtime(ModelSession):
 
     async def on_event(self, event: dict) -> None:
         call, event_type = self.call, event["type"]
-        if event_type == "response.output_audio.delta":
+        if event_type == "response.output_audio.delta" and not self.cancelled:
             await call.play(*text_of(event, "item_id", "delta"))
         elif event_type == "input_audio_buffer.speech_started":
+            self.responding = False  # OpenAI cancels it: a key need not
             await call.on_caller_speech()
         elif event_type == "input_audio_buffer.speech_stopped":
             call.on_caller_silence()
@@ -1567,7 +1576,7 @@ class Realtime(ModelSession):
         elif event_type == "response.created":
             self.responding = True
         elif event_type == "response.done":
-            self.responding = False
+            self.responding = self.cancelled = False
             await call.send_mark()  # the reply's last audio
             self.on_response_done(event["response"])
             add_usage(self.usage, event["response"].get("usage"))
@@ -1585,6 +1594,7 @@ class Realtime(ModelSession):
         if error.get("code") == "session_expired":
             self.call.log.info("the session reached its time limit: renewing it")
             self.ready = False  # caller audio is held for the new session
+            self.responding = False  # the new session has none
             await close_socket(self.socket, self.call.log)  # OpenAI's may never come
         else:
             self.call.log.warning("OpenAI error %s", error_text(error))

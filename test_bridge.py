@@ -1768,6 +1768,45 @@ async def test_a_key_interrupts_and_is_told(twilio, session, responding):
     assert (await session.next())["type"] == "conversation.item.truncate"
     assert await session.next() == pressed("5")
     assert await session.next() == {"type": "response.create"}
+    if responding:  # audio sent before OpenAI had the cancel must not play
+        await say(session, "item_next", "late")
+        await reply_done(session)
+    await say(session, "item_keys", "k1")  # the answer to the keys
+    await expect(twilio, "media k1")
+
+
+@async_test(shorten={"KEYS_PAUSE": 0.3})
+async def test_a_reply_begun_during_a_burst_is_stopped_at_its_end(twilio, session, w):
+    await twilio.press("1")
+    assert await session.next() == pressed("1")
+    assert await session.next() == {"type": "response.create"}
+    await twilio.press("2")  # a second burst, before the reply to the first began
+    await until(lambda: w.state.calls[CA1].keys, "the key read")
+    await session.send(type="response.created", response={"id": "resp_1"})
+    await say(session, "item_1", "r1")
+    await expect(twilio, "media r1", "clear")  # cut at the burst's end
+    assert await session.next() == {"type": "response.cancel"}
+    assert (await session.next())["type"] == "conversation.item.truncate"
+    assert await session.next() == pressed("2")
+    assert await session.next() == {"type": "response.create"}
+
+
+@async_test(shorten={"KEYS_PAUSE": 0.05})
+async def test_a_key_during_a_renewal_asks_nothing_of_the_old_session(
+    twilio, session, w
+):
+    await session.send(type="response.created", response={"id": "resp_1"})
+    await say(session, "item_a", "a1")
+    await expect(twilio, "media a1")
+    w.openai.handshake_delay = 0.3
+    await expire(session)
+    await twilio.press("1")  # while the new session opens: the caller hears it stop
+    await expect(twilio, "clear")
+    second = await w.openai.session()
+    sent = []  # neither a cancel nor a cut of what the new session never had
+    while (event := await second.next())["type"] != "response.create":
+        sent.append(event["type"])
+    assert "response.cancel" not in sent and "conversation.item.truncate" not in sent
 
 
 @async_test(shorten={"KEYS_PAUSE": 0.2})
