@@ -1775,6 +1775,19 @@ async def test_a_key_interrupts_and_is_told(twilio, session, responding):
     await expect(twilio, "media k1")
 
 
+@async_test(shorten={"KEYS_PAUSE": 0.05})
+async def test_a_key_after_speech_cancels_nothing(twilio, session):
+    await session.send(type="response.created", response={"id": "resp_1"})
+    await say(session, "item_menu", "m1")
+    await expect(twilio, "media m1")
+    await speech_started(session)  # OpenAI cancels that reply itself
+    await expect(twilio, "clear")
+    assert (await session.next())["type"] == "conversation.item.truncate"
+    await twilio.press("5")
+    assert await session.next() == pressed("5")  # a cancel would be an error
+    assert await session.next() == {"type": "response.create"}
+
+
 @async_test(shorten={"KEYS_PAUSE": 0.3})
 async def test_a_reply_begun_during_a_burst_is_stopped_at_its_end(twilio, session, w):
     await twilio.press("1")
