@@ -2241,10 +2241,10 @@ class Worker(GunicornWebWorker):
         if cfg.workers > 1:  # a webhook and its stream may reach two workers
             state.config = replace(state.config, greet_early=False)
         # aiohttp makes its own runner unless it is handed one; with ours, a drain
-        # can stop listening. Its options are the ones aiohttp's would have.
+        # can stop listening. Its options are the ones aiohttp's would have (but
+        # the logger and keep-alive: make_app sets them).
         self.runner = web.AppRunner(
             self.wsgi,
-            logger=self.log,
             access_log=self.log.access_log if cfg.accesslog else None,
             access_log_format=self._get_valid_log_format(cfg.access_log_format),
             shutdown_timeout=cfg.graceful_timeout * 0.95,
@@ -2253,12 +2253,16 @@ class Worker(GunicornWebWorker):
 
     def check_drain(self, config: Config) -> None:
         """Past --graceful-timeout gunicorn kills the worker: its calls unsummed, cut
-        off. The drain's reports, and those of the calls it hangs up, need time too."""
-        reports = REPORT_TIMEOUT + TOOL_TIMEOUT if config.report_model else 0
-        if config.drain_seconds + reports >= self.cfg.graceful_timeout:
-            less = f" less {reports:g} s for the reports" if reports else ""
-            limit = f"--graceful-timeout ({self.cfg.graceful_timeout:g}){less}"
-            fail(f"DRAIN_SECONDS is not allowed: below {limit}")
+        off. After the drain, hanging up takes time too, and so do the reports."""
+        # aiohttp's serve loop looks at `alive` once a second; GPT-Live's close, then
+        # the socket's, take a CLOSE_TIMEOUT each at most; and a second to spare.
+        after = 2 + 2 * CLOSE_TIMEOUT
+        if config.report_model:  # the model's answer, then after_call
+            after += REPORT_TIMEOUT + TOOL_TIMEOUT
+        if config.drain_seconds + after >= self.cfg.graceful_timeout:
+            limit = f"--graceful-timeout ({self.cfg.graceful_timeout:g})"
+            why = "to hang up and report" if config.report_model else "to hang up"
+            fail(f"DRAIN_SECONDS is not allowed: below {limit} less {after:g} s {why}")
 
     async def handed_runner(self) -> web.AppRunner:
         return self.runner
