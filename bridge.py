@@ -720,21 +720,25 @@ async def twilio_rest(
     auth = {"Authorization": f"Basic {login.decode()}"}  # HTTP basic auth
     timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT)
     method = "GET" if form is None else "POST"
-    options = {"data": form, "headers": auth, "timeout": timeout}
+    # No redirects: Twilio's API sends none, and one would turn a POST into a GET.
+    options = dict(data=form, headers=auth, timeout=timeout, allow_redirects=False)
     response = None
     try:
         async with http.request(method, url, **options) as response:
             answer = json.loads(await read_at_most(response, MAX_ANSWER))
     except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
-        if response is None or response.status < 400:
+        if response is None:
             why = f"Twilio's API did not answer: {printable(exc)}"
             raise TwilioError(why) from None
-        answer = {}  # an error page, not Twilio's JSON (a proxy's 404): the status says
-    if not isinstance(answer, dict) or response.status >= 400:
+        answer = None  # not Twilio's JSON: a proxy's error page, or too long
+    status = response.status
+    if status < 300 and not isinstance(answer, dict):  # so Twilio may have done it
+        raise TwilioError(f"Twilio's answer (HTTP {status}) is not its JSON", status)
+    if status >= 300:
         error = answer if isinstance(answer, dict) else {}  # code, message, more_info
         said = [printable(error[k], 300) for k in ("code", "message") if error.get(k)]
-        why = f"Twilio refused (HTTP {response.status}): "
-        raise TwilioError(why + (" ".join(said) or "no reason given"), response.status)
+        why = " ".join(said) or "no reason given"
+        raise TwilioError(f"Twilio refused (HTTP {status}): {why}", status)
     return answer
 
 

@@ -306,8 +306,8 @@ class FakeTwilioAPI:
         if answer == "hang":
             await asyncio.sleep(60)
         status, body = answer
-        if isinstance(body, bytes):  # not JSON, or too much of it
-            return web.Response(body=body, status=status)
+        if isinstance(body, bytes):  # not JSON, or too much of it; or a redirect
+            return web.Response(body=body, status=status, headers={"Location": "/"})
         return web.json_response(body, status=status)
 
     async def request(self) -> tuple[str, str, dict]:
@@ -1935,14 +1935,17 @@ async def test_a_recorded_call_asks_for_two_channels(w, answer, said, caplog):
     await call_goes_on(twilio, session)
 
 
+NOT_TWILIOS = "Twilio's answer (HTTP 201) is not its JSON"  # it may have placed it
+
+
 @pytest.mark.parametrize(
     "answer, error",
     [
         ((201, {}), "Twilio's answer has no CallSid"),
         ((201, {"sid": "CA1\nforged"}), "Twilio's answer has no CallSid"),
-        ((201, b"not json"), "Twilio's API did not answer: "),
-        ((201, b" " * (2 * 1024 * 1024)), "Twilio's API did not answer: "),
-        ((201, b"[" * 60_000), "Twilio's API did not answer: "),
+        ((201, b"not json"), NOT_TWILIOS),
+        ((201, b" " * (2 * 1024 * 1024)), NOT_TWILIOS),
+        ((201, b"[" * 60_000), NOT_TWILIOS),
         ((400, {"code": "1\n2", "message": "x\nforged"}), "1\\n2 x\\nforged"),
     ],
     ids=["no-sid", "odd-sid", "not-json", "huge", "nested-deep", "escaped"],
@@ -3461,6 +3464,9 @@ NO_CALLS = {  # the arguments, the settings unset, Twilio's answer, what is prin
     "invalid-to": (TO, [], *refused(400, 21211, "Invalid 'To' Phone Number")),
     "unauthenticated": (TO, [], *refused(401, 20003, "Authenticate")),
     "no-reason": (TO, [], (502, {}), "Twilio refused (HTTP 502): no reason given"),
+    # Twilio answered: the call may have been placed, so it says so, not "refused"
+    "a-list": (TO, [], (201, [NEW_CALL]), NOT_TWILIOS),
+    "a-redirect": (TO, [], (302, b""), "Twilio refused (HTTP 302): no reason given"),
     "unreachable": (TO, ["TWILIO_API_URL"], None, "Twilio's API did not answer"),
 }
 
