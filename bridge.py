@@ -2231,6 +2231,9 @@ class Worker(GunicornWebWorker):
     def alive(self, alive: bool) -> None:
         if alive or self.draining or self.drained:
             return
+        if threading.current_thread() is not threading.main_thread():  # --reload's
+            self.loop.call_soon_threadsafe(setattr, self, "alive", False)
+            return
         on_signal(self.runner.app[STATE], signal.SIGTERM)
         self.draining = self.loop.create_task(self.drain_then_stop())
         # aiohttp's loop retires a worker past max_requests, or with another

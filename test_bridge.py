@@ -3237,6 +3237,19 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
 BELOW = "DRAIN_SECONDS is not allowed: below --graceful-timeout (60)"
 
 
+@async_test
+async def test_gunicorns_reload_drains_the_worker_and_boots_a_new_one():
+    async with running_bridge(*ONE_WORKER, "--reload") as workers:
+        twilio, session = await workers.answered_call(1)
+        os.utime(BRIDGE)  # as an editor saves it
+        await workers.logged("Worker reloading: ")
+        await twilio.wait_closed()  # DRAIN_SECONDS=0: the call is hung up at once
+        await session.wait_closed()
+        await until(lambda: "".join(workers.lines).count("Booting worker") == 2, "")
+        assert "Traceback" not in "".join(workers.lines)
+        await workers.answered_call(2)  # the new worker takes calls
+
+
 @pytest.mark.parametrize(
     "env, said",
     [
