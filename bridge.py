@@ -265,6 +265,7 @@ REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
 PREFLIGHT_TIMEOUT = 5.0  # seconds for the Models API's answers at start-up, in all
 GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
+LAST_WORD = 0.7  # seconds without a word of GPT-Live's that end what it is saying
 # A renewed session is told the last REPLAY_TURNS turns, REPLAY_BYTES of UTF-8 text
 # at most: recent turns hold what matters (names, what was agreed), every replayed
 # word is paid for again as input on each later response, and GPT-Live's `input`
@@ -1216,6 +1217,7 @@ class Call:
 
     async def finish_speaking(self) -> None:
         """Wait until the caller has heard what the agent has said (bounded)."""
+        await self.model.last_word()
         await self.send_mark()  # GPT-Live's audio need not pause: its words end here
         said = self.playback.chunks
         seconds = self.playback.queued_ms() / 1000 + GOODBYE_GRACE
@@ -1496,6 +1498,10 @@ class ModelSession:
     async def stop_reply(self) -> None:
         """A key was pressed. (GPT-Live goes on until it is told which.)"""
 
+    async def last_word(self) -> None:
+        """The agent has said all it will: a Realtime reply's audio comes before the
+        tool it calls."""
+
 
 class Realtime(ModelSession):
     """A call's session on OpenAI's Realtime API, renewed when it expires."""
@@ -1663,6 +1669,7 @@ class Live(ModelSession):
         self.speaker = "user"  # whose transcript deltas are coming in
         self.words = ""  # their turn so far
         self.reason = ""  # why session.closed said the session ended
+        self.spoke_at = 0.0  # when the agent's last word came (its transcript)
 
     async def open(self) -> bool:
         """Start a session, with the conversation so far, and wait until it has
@@ -1752,6 +1759,7 @@ class Live(ModelSession):
             call.callee_spoke = True
             self.transcript("user", *text_of(event, "delta"))
         elif event_type == "session.output_transcript.delta":
+            self.spoke_at = time.monotonic()
             self.transcript("assistant", *text_of(event, "delta"))
         elif event_type == "response.event":
             self.on_backend_event(event["event"])
@@ -1761,6 +1769,15 @@ class Live(ModelSession):
             await self.on_closed(event)
         elif event_type == "error":
             self.call.log.warning("OpenAI error %s", error_text(event["error"]))
+
+    async def last_word(self) -> None:
+        """Wait until the agent has said all it will (LAST_WORD without a word, for
+        GOODBYE_GRACE at most): GPT-Live speaks at real-time pace, and its backend
+        may call end_call or transfer_call while it is still saying so."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GOODBYE_GRACE):
+                while (wait := self.spoke_at + LAST_WORD - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
 
     def transcript(self, speaker: str, delta: str) -> None:
         """Transcript deltas join into turns: one ends when the other side speaks."""

@@ -2633,6 +2633,17 @@ async def test_a_live_end_call_waits_for_the_goodbye_then_closes(twilio, session
     await session.wait_closed()
 
 
+@async_test(**LIVE, shorten={"LAST_WORD": 0.3})
+async def test_a_live_goodbye_said_after_its_end_call_is_heard_too(twilio, session):
+    await live_words(session, "output", "Good")
+    await live_tool(session, "end_call")  # while the agent is still saying goodbye
+    await live_say(session, "bye")
+    await live_words(session, "output", "bye!")
+    await expect(twilio, "media bye", "mark 1")  # after its last word, not before
+    await twilio.mark("1")
+    await twilio.wait_closed()
+
+
 @async_test(**LIVE, transcript_dir=TMP, **REPORTING)
 async def test_live_transcripts_become_turns(twilio, session, w, tmp_path, caplog):
     await live_words(session, "input", "My name ", "is Ada.")
