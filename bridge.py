@@ -1518,6 +1518,7 @@ class Realtime(ModelSession):
         caller said while it opened; False (logged) if it could not be opened."""
         call, config = self.call, self.call.config
         url = f"{config.openai_realtime_url}?model={config.openai_model}"
+        self.responding = False  # a new session has none (a renewed or lost one's)
         if not await self.connect(url):
             return False
         voicemail = call.kind == "voicemail"
@@ -1604,7 +1605,6 @@ class Realtime(ModelSession):
         if error.get("code") == "session_expired":
             self.call.log.info("the session reached its time limit: renewing it")
             self.ready = False  # caller audio is held for the new session
-            self.responding = False  # the new session has none
             await close_socket(self.socket, self.call.log)  # OpenAI's may never come
         else:
             self.call.log.warning("OpenAI error %s", error_text(error))
