@@ -2733,9 +2733,8 @@ async function call() {
     start = {accountSid, streamSid: sid('MZ'), callSid, tracks: ['inbound'],
              mediaFormat: {encoding: 'audio/x-mulaw', sampleRate: 8000, channels: 1},
              customParameters: Object.fromEntries(parameters)};
-    // The TwiML says wss:// for Twilio; the page takes its path on its own origin.
-    const path = new URL(stream.getAttribute('url')).pathname;
-    socket = new WebSocket(location.origin.replace('http', 'ws') + path);
+    // The TwiML says wss:// for Twilio; the page takes its path, on its own origin.
+    socket = new WebSocket(new URL(stream.getAttribute('url')).pathname);
     socket.onopen = answered;
     socket.onmessage = message => hear(JSON.parse(message.data));
     socket.onclose = () => end('the bridge hung up (its log says why)');
