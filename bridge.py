@@ -2034,16 +2034,16 @@ async def beside_the_calls(app: web.Application) -> AsyncIterator[None]:
 async def check_models(state: State) -> None:
     """Ask OpenAI's Models API at start-up about each model the settings name: a
     wrong key, a typo or a shutdown date is told now, while calls are taken."""
-    config, seconds = state.config, PREFLIGHT_TIMEOUT
+    config = state.config
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(PREFLIGHT_TIMEOUT):
             second = "LIVE_BACKEND_MODEL" if config.live else "TRANSCRIBE_MODEL"
             for setting in ("OPENAI_MODEL", second, "REPORT_MODEL"):
                 model = getattr(config, setting.lower())
                 if not model:  # REPORT_MODEL unset: no report
                     continue
                 path = f"/v1/models/{quote(model, safe='')}"
-                answer = await openai_rest(state, path, None, seconds)
+                answer = await openai_rest(state, path, None, PREFLIGHT_TIMEOUT)
                 if answer[0] == 401:  # for every model: once is enough
                     log.error("OpenAI refused OPENAI_API_KEY (HTTP 401): check it")
                     return
@@ -2056,10 +2056,8 @@ async def check_models(state: State) -> None:
 def model_problem(setting: str, status: int, body: bytes) -> None:
     """Log what the Models API said of a model the bridge uses, if it matters."""
     if status != 200:
-        why = f"HTTP {status}"
-        if status == 404:
-            why = "OpenAI has no such model (a typo?)"
-        log.warning("%s: %s", setting, why)
+        no_model = "OpenAI has no such model (a typo?)"
+        log.warning("%s: %s", setting, no_model if status == 404 else f"HTTP {status}")
         return
     try:
         shutdown = datetime.fromisoformat(json.loads(body)["shutdown_date"]).date()
@@ -2189,7 +2187,8 @@ async def close_calls(app: web.Application) -> None:
 
 async def serve(app: web.Application) -> None:
     """`python bridge.py`: serve until a signal (on_signal says what each does)."""
-    config = app[STATE].config
+    state = app[STATE]
+    config = state.config
     port = config.port
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -2206,18 +2205,13 @@ async def serve(app: web.Application) -> None:
         log.info("open http://localhost:%d/phone to talk to the agent", port)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
-    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, on_signal_then, app[STATE], number, signalled)
-    await signalled.wait()
+        loop.add_signal_handler(number, on_signal, state, number)
+    while state.drain_until is None:  # until a signal begins the drain
+        await asyncio.sleep(0.1)
     await drain(app)  # still listening: webhooks get 503, late streams connect
     await runner.cleanup()  # stops listening, then close_calls() hangs up the rest
-
-
-def on_signal_then(state: State, number: int, signalled: asyncio.Event) -> None:
-    on_signal(state, number)
-    signalled.set()
 
 
 # aiohttp's gunicorn worker, if gunicorn is installed: `python bridge.py` needs none.
