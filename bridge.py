@@ -172,11 +172,10 @@ class Config:
         for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # to call out
             if getattr(self, name.lower()) and not rest:
                 yield f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
-        name = "TRANSCRIBE_KEYWORDS"
         if len(self.keywords) > 100 or max(map(len, self.keywords), default=0) > 50:
-            yield f"{name}: at most 100, each at most 50 characters"
+            yield "TRANSCRIBE_KEYWORDS: at most 100, each at most 50 characters"
         if self.keywords and self.transcribe_model not in NEW_TRANSCRIBERS:
-            yield f"{name} works only with {' or '.join(NEW_TRANSCRIBERS)}"
+            yield f"TRANSCRIBE_KEYWORDS works only with {' or '.join(NEW_TRANSCRIBERS)}"
 
     @property
     def keywords(self) -> list[str]:  # TRANSCRIBE_KEYWORDS, each trimmed
@@ -530,9 +529,8 @@ def check_signature(request: web.Request, url: str, params: dict[str, str]) -> N
         return  # not configured: make_app warned at start-up
     given = request.headers.get("X-Twilio-Signature", "")
     # Twilio may sign with or without an explicit :443, a handshake with a trailing /.
-    scheme, _, rest = url.partition("://")
-    host, _, path = rest.partition("/")
-    base = scheme + "://" + host.removesuffix(":443")
+    scheme, _, host, path = url.split("/", 3)  # "https:", "", host, path
+    base = f"{scheme}//{host.removesuffix(':443')}"
     urls = {f"{b}/{p}" for b in (base, base + ":443") for p in (path, path + "/")}
     signed = (twilio_signature(token, u, params) for u in urls)
     if not (given.isascii() and any(hmac.compare_digest(s, given) for s in signed)):
