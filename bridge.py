@@ -1106,9 +1106,8 @@ class Call:
 
     async def send_twilio(self, event: str, **fields: dict) -> None:
         """One of the three messages Twilio takes: media, mark or clear."""
-        stream = self.stream.result()
-        message = {"event": event, "streamSid": stream.sid, **fields}
-        await self.send(stream.socket, message)
+        message = {"event": event, "streamSid": self.stream.result().sid, **fields}
+        await self.send(self.twilio, message)
 
     async def play(self, reply: str, audio: str) -> None:
         """A piece of the agent's voice for the caller, marked each MARK_EVERY_MS."""
@@ -1435,9 +1434,8 @@ IGNORED_EVENTS = tuple(
 
 
 class ModelSession:
-    """What a call's session on either of OpenAI's voice APIs has: its socket, and
-    the events held for it while it opens or renews. Realtime and Live below are
-    the two dialects."""
+    """A call's session on either of OpenAI's voice APIs (the two dialects: Realtime
+    and Live below): its socket, and the events held for it while it opens or renews."""
 
     truncates = True  # barge-in: the call cuts the reply at what the caller heard
 
@@ -1532,11 +1530,10 @@ class Realtime(ModelSession):
     async def caller_audio(self, payload: str) -> None:
         await self.send({"type": "input_audio_buffer.append", "audio": payload})
 
-    async def greet(self) -> None:
-        await self.respond()
-
     async def respond(self) -> None:
         await self.send({"type": "response.create"})
+
+    greet = respond  # the model speaks first when asked for a response
 
     async def cut(self, reply: str, heard_ms: int) -> None:
         """The caller heard `reply` up to `heard_ms`: the model forgets the rest."""
@@ -1924,10 +1921,6 @@ async def openai_rest(
         return response.status, await read_at_most(response, MAX_ANSWER)
 
 
-def clean_value(value: Any) -> Any:
-    return clean(value) if isinstance(value, str) else value
-
-
 def report_fields(status: int, answer: bytes) -> dict:
     """The report in a Responses API answer, each field checked: the model is never
     trusted blind. A ValueError (or a KeyError, TypeError: its shape) says why not."""
@@ -1950,7 +1943,8 @@ def report_fields(status: int, answer: bytes) -> dict:
         raise ValueError(f"lead score {score!r} is not from 0 to 100")
     if type(report["summary"]) is not str or type(report["follow_up"]) is not str:
         raise ValueError("a summary or follow-up that is not text")
-    return {name: clean_value(report[name]) for name in REPORT_FIELDS}
+    report |= {name: clean(report[name]) for name in ("summary", "follow_up")}
+    return {name: report[name] for name in REPORT_FIELDS}
 
 
 # ----------------------------------------------------------------------------
