@@ -2179,8 +2179,7 @@ async def close_calls(app: web.Application) -> None:
 
 async def serve(app: web.Application) -> None:
     """`python bridge.py`: serve until a signal (on_signal says what each does)."""
-    state = app[STATE]
-    config = state.config
+    config = app[STATE].config
     port = config.port
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -2197,13 +2196,18 @@ async def serve(app: web.Application) -> None:
         log.info("open http://localhost:%d/phone to talk to the agent", port)
     webhook = (config.public_url or "https://<your tunnel>") + "/incoming"
     log.info("set your Twilio number's voice webhook to HTTP POST %s", webhook)
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, on_signal, state, number)
-    while state.drain_until is None:  # until a signal begins the drain
-        await asyncio.sleep(0.1)
+        loop.add_signal_handler(number, on_signal_then, app[STATE], number, signalled)
+    await signalled.wait()
     await drain(app)  # still listening: webhooks get 503, late streams connect
     await runner.cleanup()  # stops listening, then close_calls() hangs up the rest
+
+
+def on_signal_then(state: State, number: int, signalled: asyncio.Event) -> None:
+    on_signal(state, number)
+    signalled.set()
 
 
 # aiohttp's gunicorn worker, if gunicorn is installed: `python bridge.py` needs none.
