@@ -260,6 +260,7 @@ REMEMBERED = 20_000
 MAX_ANSWER = 1024 * 1024  # bytes read of an answer from Twilio's or OpenAI's APIs
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
+MAX_THREADS = 100  # plain functions of yours running at once, those given up on too
 REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
 PREFLIGHT_TIMEOUT = 5.0  # seconds for the Models API's answers at start-up, in all
@@ -2636,7 +2637,11 @@ def in_thread(function: Callable, *args: Any, **kwargs: Any) -> Future:
     # A plain function runs in a daemon thread of its own, so that it cannot block
     # the calls. Not asyncio.to_thread's: those are the threads DNS lookups need, and
     # one that never returns would hold one for good, and the process at exit. Here
-    # it is abandoned at TOOL_TIMEOUT.
+    # it is abandoned at TOOL_TIMEOUT, and counted: behind a backend that hangs, each
+    # call would leave one more thread for good.
+    running = sum(thread.name == "your code" for thread in threading.enumerate())
+    if running >= MAX_THREADS:
+        raise RuntimeError(f"{running} of your functions are still running")
     result: Future = Future()
 
     def work() -> None:
@@ -2646,7 +2651,7 @@ def in_thread(function: Callable, *args: Any, **kwargs: Any) -> Future:
             except BaseException as exc:  # sys.exit() too: contained() turns it
                 result.set_exception(exc)
 
-    threading.Thread(target=work, daemon=True).start()
+    threading.Thread(target=work, name="your code", daemon=True).start()
     return result
 
 
