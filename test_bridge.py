@@ -617,10 +617,10 @@ async def call_tool(session: Session, name: str, arguments: str, call_id: str = 
     await session.send(type="response.function_call_arguments.done", **call)
 
 
-async def tool_output(session: Session) -> str:
+async def tool_output(session: Session, call_id: str = "c1") -> str:
     """The function_call_output the bridge answers with, then its response.create."""
     created = await session.next()
-    item = {"type": "function_call_output", "call_id": "c1", "output": mock.ANY}
+    item = {"type": "function_call_output", "call_id": call_id, "output": mock.ANY}
     assert created == {"type": "conversation.item.create", "item": item}
     assert await session.next() == {"type": "response.create"}
     return created["item"]["output"]
@@ -1064,8 +1064,7 @@ async def test_a_tools_output_or_failure_is_told_to_the_model_and_the_call_goes_
     for tool_name, tool in TEST_TOOLS.items():  # found when called
         monkeypatch.setitem(bridge.TOOLS, tool_name, (tool, {}))
     await call_tool(session, name, arguments)
-    output = await tool_output(session)
-    assert output.startswith(expected)
+    assert (await tool_output(session)).startswith(expected)
     assert f"the model calls {name}({arguments})" in caplog.text
     assert (f"tool {expected}" in caplog.text) == expected.startswith("error:")
     await call_goes_on(twilio, session)
@@ -1881,9 +1880,8 @@ async def test_a_transfer_dials_transfer_number_once_heard(w, answer, caplog):
     assert await session.audio_tags(1) == ["still talking"]
     for again in ("c2", "c3"):  # asked again meanwhile: it dials once at most
         await call_tool(session, "transfer_call", "{}", call_id=again)
-        created = await session.next()
-        assert created["item"]["output"] == "error: the call was transferred once"
-        assert await session.next() == {"type": "response.create"}
+        output = await tool_output(session, call_id=again)
+        assert output == "error: the call was transferred once"
     assert w.api.requests == []  # nothing dialled before the mark is back
     await twilio.mark("1")
     assert await w.api.request() == (CALL_URL, BASIC, DIAL)
