@@ -617,10 +617,10 @@ async def call_tool(session: Session, name: str, arguments: str, call_id: str = 
     await session.send(type="response.function_call_arguments.done", **call)
 
 
-async def tool_output(session: Session) -> str:
+async def tool_output(session: Session, call_id: str = "c1") -> str:
     """The function_call_output the bridge answers with, then its response.create."""
     created = await session.next()
-    item = {"type": "function_call_output", "call_id": "c1", "output": mock.ANY}
+    item = {"type": "function_call_output", "call_id": call_id, "output": mock.ANY}
     assert created == {"type": "conversation.item.create", "item": item}
     assert await session.next() == {"type": "response.create"}
     return created["item"]["output"]
@@ -944,7 +944,6 @@ AUDIO_IN = {
 SEMANTIC, IDLE = {"type": "semantic_vad", **ANSWERS}, VAD | {"idle_timeout_ms": 8000}
 OLDER = "gpt-4o-transcribe"
 
-
 SETTINGS = {  # the settings as a shell would set them: the change they make
     "": {},
     "TURN_DETECTION=semantic_vad": {"turn_detection": SEMANTIC},
@@ -988,12 +987,11 @@ async def test_a_call_opens_one_session_configured_first_then_the_agent_greets(
     (example,) = [block for block in blocks if "@tool(" in block]
     monkeypatch.setattr(bridge, "TOOLS", dict(bridge.TOOLS))
     exec(example, vars(bridge).copy())  # registers office_open through @tool
-    await w.call()
-    session = await w.openai.session()
+    twilio, session = await w.answered_call()  # configured, then greeted
     assert session.query["model"] == "gpt-test"
     assert session.headers["Authorization"] == "Bearer sk-test"
     assert "OpenAI-Beta" not in session.headers  # GA interface only
-    update = await session.next()
+    update = w.session_update
     output = {"format": {"type": "audio/pcmu"}, "voice": "cedar"}
     config = {"type": "realtime", "instructions": "Be brief.", "tools": mock.ANY}
     config["audio"] = {"input": AUDIO_IN, "output": output}
@@ -1006,7 +1004,6 @@ async def test_a_call_opens_one_session_configured_first_then_the_agent_greets(
         assert declared["type"] == "function" and declared["description"]
         assert declared["parameters"]["type"] == "object"
     assert tools["current_time"]["parameters"]["required"] == ["zone"]
-    assert await session.next() == {"type": "response.create"}
     assert len(w.openai.sessions) == 1
     await call_tool(session, "office_open", '{"day": "Sunday"}')
     assert await tool_output(session) == "closed"
@@ -1062,14 +1059,12 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
 )
 @async_test(shorten={"TOOL_TIMEOUT": 0.2})
 async def test_a_tools_output_or_failure_is_told_to_the_model_and_the_call_goes_on(
-    w, name, arguments, expected, monkeypatch, caplog
+    twilio, session, name, arguments, expected, monkeypatch, caplog
 ):
-    for tool_name, tool in TEST_TOOLS.items():
+    for tool_name, tool in TEST_TOOLS.items():  # found when called
         monkeypatch.setitem(bridge.TOOLS, tool_name, (tool, {}))
-    twilio, session = await w.answered_call()
     await call_tool(session, name, arguments)
-    output = await tool_output(session)
-    assert output.startswith(expected)
+    assert (await tool_output(session)).startswith(expected)
     assert f"the model calls {name}({arguments})" in caplog.text
     assert (f"tool {expected}" in caplog.text) == expected.startswith("error:")
     await call_goes_on(twilio, session)
@@ -1082,7 +1077,7 @@ async def test_a_tools_output_or_failure_is_told_to_the_model_and_the_call_goes_
 )
 @async_test
 async def test_a_running_tool_holds_up_no_audio_and_a_hang_up_cancels_it(
-    w, blocking, hang_up, monkeypatch
+    twilio, session, w, blocking, hang_up, monkeypatch
 ):
     release, cancelled = threading.Event(), asyncio.Event()
 
@@ -1100,7 +1095,6 @@ async def test_a_running_tool_holds_up_no_audio_and_a_hang_up_cancels_it(
 
     tool = wait_blocking if blocking else wait_async
     monkeypatch.setitem(bridge.TOOLS, "wait", (tool, {}))
-    twilio, session = await w.answered_call()
     await call_tool(session, "wait", "{}")
     await call_goes_on(twilio, session)
     if hang_up:
@@ -1237,6 +1231,10 @@ PARTS += b"Content-Transfer-Encoding: x\r\n\r\nCA1\r\n--xx--\r\n"
 LOCAL = [("127.0.0.1", "", True), ("::1", "", True), ("::ffff:127.0.0.1", "", True)]
 REMOTE = [("203.0.113.5", "", False), ("10.1.2.3", "", False)]
 BUSY = '<Response><Reject reason="busy"/></Response>'
+GZIPPED = {"Content-Type": URLENCODED, "Content-Encoding": "gzip"}
+BOMB = gzip.compress(b"CallSid=" + b"x" * 1024 * 1024)  # a megabyte, inflated
+TOO_LARGE = MALFORMED + ": Request Entity Too Large"
+OVER_64_KIB = b"CallSid=" + b"x" * 64 * 1024  # 64 KiB at most
 
 
 def typed(kind: str, **headers) -> dict:
@@ -1299,18 +1297,8 @@ DOOR = {
     "multipart": local(415, NOT_SENT + MULTIPART, headers=FORM_DATA, data=PARTS),
     "no-type": local(415, NOT_SENT + "application/octet-stream", data=b"CallSid=x"),
     # Never compressed: a small gzip'd form would inflate to a megabyte, unsigned.
-    "gzip": local(
-        415,
-        NOT_SENT + URLENCODED + " gzip",
-        headers=typed(URLENCODED, **{"Content-Encoding": "gzip"}),
-        data=gzip.compress(b"CallSid=" + b"x" * 1024 * 1024),
-    ),
-    "oversized": local(  # 64 KiB at most
-        400,
-        MALFORMED + ": Request Entity Too Large",
-        headers=typed(URLENCODED),
-        data=b"CallSid=" + b"x" * 64 * 1024,
-    ),
+    "gzip": local(415, NOT_SENT + URLENCODED + " gzip", headers=GZIPPED, data=BOMB),
+    "oversized": local(400, TOO_LARGE, headers=typed(URLENCODED), data=OVER_64_KIB),
 }
 
 
@@ -1345,10 +1333,7 @@ async def test_unsigned_only_this_machine_may_call(peer, token, allowed, caplog)
     app = bridge.make_app(bridge.Config(twilio_auth_token=token))
     transport = type("T", (), {"get_extra_info": lambda self, n, d=None: (peer, 1)})()
     request = make_mocked_request("POST", "/incoming", app=app, transport=transport)
-
-    async def handler(request):
-        return web.Response(text="answered")
-
+    handler = mock.AsyncMock(return_value=web.Response(text="answered"))
     if allowed:
         assert (await bridge.local_unless_signed(request, handler)).text == "answered"
     else:
@@ -1470,9 +1455,6 @@ async def test_streams_before_start_are_capped_and_soon_closed(w, caplog):
     assert "media before start ignored" in caplog.text
 
 
-REPLAYED = sid("CA", 0xBAD)
-
-
 def proved(proof: object, number: int = 0xBAD) -> dict:
     """Call `number`'s `start`, carrying `proof` (None: none)."""
     start = {"streamSid": sid("MZ", number), "callSid": sid("CA", number)}
@@ -1486,6 +1468,7 @@ async def started(w: World, start: dict, **ws) -> FakeTwilio:
     return twilio
 
 
+REPLAYED = sid("CA", 0xBAD)
 MZ1 = sid("MZ", 1)
 NO_IDS = "stream refused: a start without Twilio's ids"
 BAD_STARTS = {
@@ -1897,9 +1880,8 @@ async def test_a_transfer_dials_transfer_number_once_heard(w, answer, caplog):
     assert await session.audio_tags(1) == ["still talking"]
     for again in ("c2", "c3"):  # asked again meanwhile: it dials once at most
         await call_tool(session, "transfer_call", "{}", call_id=again)
-        created = await session.next()
-        assert created["item"]["output"] == "error: the call was transferred once"
-        assert await session.next() == {"type": "response.create"}
+        output = await tool_output(session, call_id=again)
+        assert output == "error: the call was transferred once"
     assert w.api.requests == []  # nothing dialled before the mark is back
     await twilio.mark("1")
     assert await w.api.request() == (CALL_URL, BASIC, DIAL)
@@ -1918,6 +1900,7 @@ RECORDING = (201, {"sid": "RE123", "status": "in-progress"})
 NOT_RECORDED = (400, {"code": 21220, "message": "not in progress"})
 REFUSED = "not recorded: Twilio refused (HTTP 400): 21220 not in progress"
 SILENT = "not recorded: Twilio's API did not answer"  # in REST_TIMEOUT
+NOT_TWILIOS = "Twilio's answer (HTTP 201) is not its JSON"  # it may have placed it
 
 
 @pytest.mark.parametrize(
@@ -1933,9 +1916,6 @@ async def test_a_recorded_call_asks_for_two_channels(w, answer, said, caplog):
     assert await w.api.request() == (recordings, BASIC, {"RecordingChannels": "dual"})
     await logged(caplog, f"[{CA1}] {said}")
     await call_goes_on(twilio, session)
-
-
-NOT_TWILIOS = "Twilio's answer (HTTP 201) is not its JSON"  # it may have placed it
 
 
 @pytest.mark.parametrize(
