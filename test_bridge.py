@@ -2460,9 +2460,7 @@ async def test_with_greet_early_off_the_greeting_waits_for_the_stream(w):
     await call_goes_on(twilio, session)
 
 
-PLACED = {"To": "+15551234567", "Direction": "outbound-api"}
-
-
+PLACED = {"To": "+15551234567", "Direction": "outbound-api"}  # a call we placed
 VOICEMAIL = {"voicemail_message": "Hi, Acme here.\nCall 555-0100."}
 LIVE = {"openai_model": "gpt-live-1.1"}  # GPT-Live (see its section below)
 OWN_WORDS = "Leave a short message: who is calling, why, and how to call back"
@@ -2799,14 +2797,8 @@ async def test_a_tools_output_is_dropped_once_its_session_has_expired(
 
 @async_test(transcript_dir=TMP, **REPORTING)
 async def test_a_call_is_logged_and_written_then_the_model_reports_on_it(
-    w, tmp_path, caplog, monkeypatch
+    w, tmp_path, caplog, handed_on
 ):
-    handed_on = []
-
-    async def after_call(report):  # what you would send to a CRM
-        handed_on.append(report)
-
-    monkeypatch.setattr(bridge, "after_call", after_call)
     twilio = await w.call(start=False)
     await twilio.start(CALLER)
     session = await w.openai.session()
@@ -2820,15 +2812,14 @@ async def test_a_call_is_logged_and_written_then_the_model_reports_on_it(
     await expect(twilio, "clear")
     await twilio.hang_up()
     await w.reported()
-    assert f"[{CA1}] caller: A table for two, please. I'm Ada." in caplog.text
-    assert f"[{CA1}] agent: Booked, Ada!" in caplog.text
+    said = ["agent: Hello, Acme here.", "caller: A table for two, please. I'm Ada."]
+    said.append("agent: Booked, Ada!")
+    assert all(f"[{CA1}] {line}" in caplog.messages for line in said)
     assert caplog.text.count(f"[{CA1}] reply latency") == 1
     summary = rf"\[{CA1}\] call ended after \d+ s: 1 turn, median reply latency \d+ ms"
     assert re.fullmatch(summary + ", 1 barge-in", summary_of(caplog))
     lines = (tmp_path / f"{CA1}.jsonl").read_text().splitlines()
     turns = [json.loads(line) for line in lines]
-    said = ["agent: Hello, Acme here.", "caller: A table for two, please. I'm Ada."]
-    said.append("agent: Booked, Ada!")
     who = {"assistant": "agent", "user": "caller"}
     assert [f"{who[t['role']]}: {t['text']}" for t in turns] == said
     assert all(datetime.datetime.fromisoformat(t["time"]).tzinfo for t in turns)
@@ -3277,11 +3268,9 @@ async def test_a_bad_setting_stops_gunicorn_instead_of_restarting_workers(env, s
 # Start-up, ports and open files
 
 
-DAY = datetime.timedelta(days=1)
-
-
 def shutting(days: int) -> tuple[int, dict]:
-    when = (datetime.datetime.now(datetime.UTC).date() + days * DAY).isoformat()
+    today = datetime.datetime.now(datetime.UTC).date()
+    when = (today + datetime.timedelta(days=days)).isoformat()
     return 200, {"id": "m", "object": "model", "shutdown_date": when}
 
 
@@ -3766,13 +3755,10 @@ async def test_the_phone_page_is_served_only_while_twilio_auth_token_is_unset(ca
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's: playwright cannot fetch its own here
-CHROMIUM_FLAGS = [
-    *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"),
-    *("--no-first-run", "--disable-background-networking", "--disable-sync"),
-    "--disable-component-update",
-    # A microphone that plays a WAV file, and no prompt to allow it.
-    *("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"),
-]
+# The last two: a microphone that plays a WAV file, and no prompt to allow it.
+CHROMIUM_FLAGS = """--headless --no-sandbox --disable-gpu --disable-quic
+--no-first-run --disable-background-networking --disable-sync --disable-component-update
+--use-fake-device-for-media-stream --use-fake-ui-for-media-stream""".split()
 HEARD_WITHIN = 0.3  # seconds: a mark's echo is this close to when its audio has played
 # A spy on the page's audio: when each piece of the agent's voice is set to play.
 AUDIO_SPY = """{
@@ -3788,17 +3774,14 @@ AUDIO_SPY = """{
 @pytest.fixture
 def chromium():
     """playwright's async_playwright, or a skip (a failure in CI) without a browser."""
-    missing = []
-    try:
+    with contextlib.suppress(ImportError):
         from playwright.async_api import async_playwright
-    except ImportError:
-        missing.append("playwright (pip install playwright)")
-    if not os.path.exists(CHROMIUM):
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if missing:
-        why = "the browser test needs " + " and ".join(missing)
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
-    return async_playwright
+
+        if os.path.exists(CHROMIUM):
+            return async_playwright
+    why = "the browser test needs playwright (pip install playwright)"
+    why += f" and {CHROMIUM} (apt-get install chromium)"
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
 
 
 def caller_wav(path: pathlib.Path) -> str:
