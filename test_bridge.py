@@ -2742,9 +2742,7 @@ async def test_a_callee_speaks_first_or_is_greeted(w, config, first, greeting, s
 
 
 @async_test(**LIVE)
-async def test_a_live_session_still_closing_at_shutdown_is_closed_all_the_same(
-    twilio, session, w
-):
+async def test_a_live_session_closing_at_shutdown_is_closed(twilio, session, w):
     session.seconds = None  # it never answers session.close
     await twilio.hang_up()
     assert await session.next() == {"type": "session.close"}
@@ -2754,9 +2752,7 @@ async def test_a_live_session_still_closing_at_shutdown_is_closed_all_the_same(
 
 @pytest.mark.parametrize("config", [{}, LIVE], ids=["realtime", "live"])
 @async_test(greet_early=False, shorten={"STREAM_WAIT": 0.3})
-async def test_with_greet_early_off_a_stream_that_went_elsewhere_is_no_fault(
-    w, config, caplog
-):
+async def test_greet_early_off_a_stream_gone_elsewhere_is_no_fault(w, config, caplog):
     await w.webhook()  # several workers: the stream may reach another process
     await until(lambda: not w.state.calls, "the webhook's call to end unused")
     unused = "the webhook's session ended unused: no stream came here"
@@ -3018,9 +3014,7 @@ async def test_a_stalled_loop_is_measured_and_sheds_calls(w):
 
 
 @async_test(transcript_dir=TMP, **REPORTING)
-async def test_shutdown_hangs_up_every_call_and_waits_for_their_reports(
-    w, tmp_path, caplog
-):
+async def test_shutdown_hangs_up_the_calls_then_waits_for_reports(w, tmp_path, caplog):
     calls = [await w.answered_call() for _ in range(5)]
     await transcribed(calls[0][1], "user", "Are you open on Sunday?")
     await logged(caplog, "caller: Are you open on Sunday?")
@@ -3278,9 +3272,7 @@ MODELS = {  # a config, and the level and text of the one line it logs
 
 
 @pytest.mark.parametrize("config, level, said", MODELS.values(), ids=MODELS)
-@async_test(
-    twilio_auth_token=TOKEN, openai_model="gpt-realtime", transcribe_model="whisper-1"
-)
+@async_test(**BY, openai_model="gpt-realtime", transcribe_model="whisper-1")
 async def test_the_models_api_is_asked_about_each_model_at_start_up(
     w, config, level, said, caplog
 ):
@@ -3573,18 +3565,14 @@ async def test_peer_text_cannot_flood_the_log(twilio, session, w, caplog):
 MALFORMED = b"POST /incoming HTTP/1.1\r\nHost: x\r\nBad\x01Header: 1\r\n\r\n"
 
 
-@async_test(twilio_auth_token=TOKEN)
-async def test_a_flood_of_unsigned_or_malformed_requests_adds_little_to_the_log(
-    w, caplog
-):
+@async_test(**BY)
+async def test_unsigned_or_malformed_requests_add_little_to_the_log(w, caplog):
     query = "x=" + "a" * 7000
     for _ in range(1000):
-        response = await w.client.post(f"/incoming?{query}", data=FORM)
-        assert response.status == 403
+        assert (await w.client.post(f"/incoming?{query}", data=FORM)).status == 403
     for _ in range(100):  # aiohttp would log a traceback each
         assert (await w.raw(MALFORMED)).startswith(b"HTTP/1.0 400 Bad Request")
-    lines = bridge_lines(caplog)
-    assert sum(len(line) for line in lines) < 100_000
+    lines = bridge_lines(caplog)  # fewer than 20 lines (below), each 300 at most
     assert max(len(line) for line in lines) <= 300
     assert sum("bad signature" in line for line in lines) == bridge.WARNINGS_SHOWN
     malformed = sum("a malformed HTTP request refused" in line for line in lines)
@@ -3593,12 +3581,8 @@ async def test_a_flood_of_unsigned_or_malformed_requests_adds_little_to_the_log(
     assert f"{1100 - 2 * bridge.WARNINGS_SHOWN} more refusals in the" in caplog.text
 
 
-@async_test(
-    twilio_auth_token=TOKEN, shorten={"LOAD_EVERY": 0.05, "REFUSALS_EVERY": 0.5}
-)
-async def test_refusals_past_the_first_few_are_counted_and_told_when_a_minute_ends(
-    w, caplog
-):
+@async_test(**BY, shorten={"LOAD_EVERY": 0.05, "REFUSALS_EVERY": 0.5})
+async def test_refusals_past_the_first_few_are_counted_and_told_each_minute(w, caplog):
     for _ in range(5):  # in a "minute" of 0.5 s
         assert (await w.client.post("/incoming", data=FORM)).status == 403
     await logged(caplog, "more refusals in the last minute")  # with no sixth
