@@ -3482,6 +3482,11 @@ async def test_the_call_command_says_why_it_placed_no_call(
 
 FORGED = "\nERROR forged line"
 HOSTILE = []  # config, a scenario with FORGED in peers' text, the lines logged
+MALFORMED = b"POST /incoming HTTP/1.1\r\nHost: x\r\nBad\x01Header: 1\r\n\r\n"
+SMALL_LOG = (  # a bridge whose log queue is short and flushed often
+    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()"
+)
+LIVE_KEY = "sk-live-0123456789abcdef0123456789abcdef"  # that must show nowhere
 
 
 def forges(*shown: str, **config):
@@ -3562,9 +3567,6 @@ async def test_peer_text_cannot_flood_the_log(twilio, session, w, caplog):
     assert "98 repeated warnings not shown" in summary_of(caplog)
 
 
-MALFORMED = b"POST /incoming HTTP/1.1\r\nHost: x\r\nBad\x01Header: 1\r\n\r\n"
-
-
 @async_test(**BY)
 async def test_unsigned_or_malformed_requests_add_little_to_the_log(w, caplog):
     query = "x=" + "a" * 7000
@@ -3591,11 +3593,6 @@ async def test_refusals_past_the_first_few_are_counted_and_told_each_minute(w, c
     assert shown + hidden == 5 and shown >= bridge.WARNINGS_SHOWN
 
 
-SMALL_LOG = (
-    "import bridge; bridge.LOG_QUEUE = 50; bridge.LOG_FLUSH = 0.2; bridge.main()"
-)
-
-
 @async_test
 async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
     async with running_bridge("-c", SMALL_LOG) as proc:
@@ -3618,9 +3615,6 @@ async def test_a_stalled_log_reader_stalls_no_call_and_the_drops_are_told():
         await until(lambda: proc.child.returncode is not None, "the exit, log unread")
         assert proc.child.returncode == 0
         proc.reading.set()
-
-
-LIVE_KEY = "sk-live-0123456789abcdef0123456789abcdef"
 
 
 @async_test
@@ -3727,6 +3721,8 @@ CHROMIUM_FLAGS = """--headless --no-sandbox --disable-gpu --disable-quic
 --no-first-run --disable-background-networking --disable-sync --disable-component-update
 --use-fake-device-for-media-stream --use-fake-ui-for-media-stream""".split()
 HEARD_WITHIN = 0.3  # seconds: a mark's echo is this close to when its audio has played
+CLIENTS = {"From": "client:browser", "To": "client:agent", "Direction": "inbound"}
+MULAW = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 # A spy on the page's audio: when each piece of the agent's voice is set to play.
 AUDIO_SPY = """{
   const start = AudioBufferSourceNode.prototype.start;
@@ -3801,10 +3797,6 @@ async def dial(page) -> dict:
     async with page.expect_request("**/incoming") as webhook:
         await page.get_by_role("button", name="Call", exact=True).click()
     return dict(urllib.parse.parse_qsl((await webhook.value).post_data))
-
-
-CLIENTS = {"From": "client:browser", "To": "client:agent", "Direction": "inbound"}
-MULAW = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
 
 @async_test
