@@ -2659,7 +2659,18 @@ async def test_live_transcripts_become_turns(twilio, session, w, tmp_path, caplo
 
 # REPLAY_BYTES: 30 characters here, 33 bytes; MAX_TURN: a turn's deltas may not end.
 @async_test(**LIVE, shorten={"REPLAY_BYTES": 30, "MAX_TURN": 12})
-async def test_an_expired_live_session_replays_the_talk(twilio, session, w, caplog):
+async def test_an_expired_live_session_replays_the_talk_but_no_tools_output(
+    twilio, session, w, caplog, monkeypatch
+):
+    release = asyncio.Event()
+
+    async def wait() -> str:
+        await release.wait()
+        return "done"
+
+    declared = {"type": "function", "name": "wait", "description": "Waits."}
+    monkeypatch.setitem(bridge.TOOLS, "wait", (wait, declared))  # the next session's
+    await live_tool(session, "wait")  # its output comes after the session's end
     await live_words(session, "output", "Wëlcömé.")  # past REPLAY_BYTES
     await live_words(session, "input", "Hi, I'm", " Ada.", " And so on")  # cut
     await live_words(session, "output", "Hello Ada!")  # the caller's turn is over
@@ -2670,6 +2681,8 @@ async def test_an_expired_live_session_replays_the_talk(twilio, session, w, capl
     start = await second.next()
     turns = [said("user", "Hi, I'm Ada."), said("assistant", "Hello Ada!")]
     assert start["session"]["input"] == turns
+    release.set()  # a call_id the new session never gave
+    await logged(caplog, "a tool's output dropped: its session has ended")
     await twilio.speak("after")  # no second greeting: the caller's audio comes next
     assert await second.next(skip_audio=False) == live_append("after")
     await live_closed(second, "remote_hangup", seconds=30)
@@ -2760,29 +2773,6 @@ async def test_greet_early_off_a_stream_gone_elsewhere_is_no_fault(w, config, ca
     if config:
         assert w.live.sessions == []  # GPT-Live bills a session from its start
         await w.answered_call()  # the stream: its session starts, and greets
-
-
-@async_test(**LIVE)
-async def test_a_tools_output_is_dropped_once_its_session_has_expired(
-    twilio, session, w, monkeypatch, caplog
-):
-    release = asyncio.Event()
-
-    async def wait() -> str:
-        await release.wait()
-        return "done"
-
-    declared = {"type": "function", "name": "wait", "description": "Waits."}
-    monkeypatch.setitem(bridge.TOOLS, "wait", (wait, declared))  # the next session's
-    await live_tool(session, "wait")
-    await logged(caplog, "the model calls wait({})")
-    await live_closed(session, "expired")
-    second = await w.live.session()
-    assert (await second.next())["type"] == "session.start"
-    release.set()  # a call_id the new session never gave
-    await logged(caplog, "a tool's output dropped: its session has ended")
-    await twilio.speak("after")
-    assert await second.next(skip_audio=False) == live_append("after")
 
 
 # ---------------------------------------------------------------------------
