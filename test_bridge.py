@@ -3153,16 +3153,15 @@ async def test_two_gunicorn_workers_each_carry_calls_and_only_a_streams_greets()
         assert await workers.exit_code() == 0
 
 
-RETIRED = ["sigterm", "hup", "reload", "max-requests", "its-master-dies"]
-
-
-@pytest.mark.parametrize("how", RETIRED)
+@pytest.mark.parametrize(
+    "how", ["sigterm", "hup", "reload", "max-requests", "its-master-dies"]
+)
 @async_test
 async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
     # gunicorn's --reload and --access-logfile are honoured too.
-    more = {"reload": ["--reload"], "max-requests": ["--max-requests", "4"]}
-    more["max-requests"] += ["--access-logfile", "/dev/stderr"]
-    flags = more.get(how, [])
+    flags = ["--reload"] if how == "reload" else []
+    if how == "max-requests":
+        flags = ["--max-requests", "4", "--access-logfile", "/dev/stderr"]
     async with running_bridge(*ONE_WORKER, *flags, DRAIN_SECONDS="30") as workers:
         twilio, session = await workers.answered_call(1)
         if how == "sigterm":
@@ -3197,7 +3196,8 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
         if how == "reload":  # then a new worker boots, and takes calls
             await until(lambda: "".join(workers.lines).count("Booting worker") == 2, "")
             await workers.answered_call(2)
-        successor = {"hup": INT, "reload": INT, "max-requests": TERM}  # INT: at once
+        # Then the new worker stops (INT: with its early sessions, at once).
+        successor = {"hup": INT, "reload": INT, "max-requests": TERM}
         if how in successor:
             workers.signal(successor[how])
         if how != "its-master-dies":
@@ -3263,9 +3263,7 @@ MODELS = {  # a config, and the level and text of the one line it logs
 
 @pytest.mark.parametrize("config, level, said", MODELS.values(), ids=MODELS)
 @async_test(**BY, openai_model="gpt-realtime", transcribe_model="whisper-1")
-async def test_the_models_api_is_asked_about_each_model_at_start_up(
-    w, config, level, said, caplog
-):
+async def test_start_up_asks_openai_about_each_model(w, config, level, said, caplog):
     await until(lambda: not checking(), "the start-up check")
     lines = [r for r in caplog.records if r.name == "bridge"]
     assert [(r.levelname, said in r.getMessage()) for r in lines] == [(level, True)]
