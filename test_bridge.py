@@ -3299,17 +3299,14 @@ def listening_on(port: int) -> set[str]:
 
 
 LOOPBACK, ANY = "0100007F", "00000000"  # 127.0.0.1 and 0.0.0.0, as /proc writes them
+LISTENS = {  # the settings, the addresses listened on, and what it says of them
+    "unsigned-loopback": ({}, {LOOPBACK}, "listening on 127.0.0.1 port"),
+    "host-set": ({"HOST": "0.0.0.0"}, {ANY}, "listening on 0.0.0.0 port"),
+    "signed": ({"TWILIO_AUTH_TOKEN": TOKEN}, {ANY, "0" * 32}, "on all interfaces port"),
+}
 
 
-@pytest.mark.parametrize(
-    "env, addresses, said",
-    [
-        ({}, {LOOPBACK}, "listening on 127.0.0.1 port"),
-        ({"HOST": "0.0.0.0"}, {ANY}, "listening on 0.0.0.0 port"),
-        ({"TWILIO_AUTH_TOKEN": TOKEN}, {ANY, "0" * 32}, "on all interfaces port"),
-    ],
-    ids=["unsigned-loopback", "host-set", "signed-everywhere"],
-)
+@pytest.mark.parametrize("env, addresses, said", LISTENS.values(), ids=LISTENS)
 @async_test
 async def test_unsigned_the_bridge_listens_on_loopback_only_warns_and_holds_its_port(
     env, addresses, said
@@ -3393,6 +3390,10 @@ async def test_out_of_files_or_threads_the_process_still_serves_and_exits():
 
 
 PUBLIC = "https://bridge.example.com"
+TO = ["+15551234567"]
+USAGE_CALL = "usage: python bridge.py call +15551234567"
+UNSET = ["TWILIO_NUMBER", "PUBLIC_URL"]
+MISSING = "to place a call, set TWILIO_NUMBER, PUBLIC_URL"
 
 
 def call_settings(w: World) -> dict:
@@ -3418,12 +3419,6 @@ async def test_the_call_command_places_a_call_to_our_webhook_and_prints_its_sid(
         "AsyncAmdStatusCallback": "https://bridge.example.com/amd",
         "AsyncAmdStatusCallbackMethod": "POST",
     }
-
-
-TO = ["+15551234567"]
-USAGE_CALL = "usage: python bridge.py call +15551234567"
-UNSET = ["TWILIO_NUMBER", "PUBLIC_URL"]
-MISSING = "to place a call, set TWILIO_NUMBER, PUBLIC_URL"
 
 
 def refused(status: int, code: int, message: str) -> tuple[tuple, str]:
