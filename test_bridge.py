@@ -3206,6 +3206,7 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
 
 
 BELOW = "DRAIN_SECONDS is not allowed: below --graceful-timeout (60)"
+REPORTING_DRAIN = {"DRAIN_SECONDS": "15", "REPORT_MODEL": "gpt-5.4-mini"}
 
 
 @pytest.mark.parametrize(
@@ -3215,10 +3216,7 @@ BELOW = "DRAIN_SECONDS is not allowed: below --graceful-timeout (60)"
         # gunicorn would kill the worker with its calls before their drain is over
         # and hanging up takes time after the drain; with reports, they do too
         ({"DRAIN_SECONDS": "55"}, f"{BELOW} less 6 s to hang up"),
-        (
-            {"DRAIN_SECONDS": "15", "REPORT_MODEL": "gpt-5.4-mini"},
-            f"{BELOW} less 46 s to hang up and report",
-        ),
+        (REPORTING_DRAIN, f"{BELOW} less 46 s to hang up and report"),
     ],
 )
 @async_test
