@@ -2943,22 +2943,17 @@ async def test_no_transcript_is_written_through_a_planted_link(
 async def test_a_drain_takes_no_call_and_waits_for_the_calls_and_their_reports(
     twilio, session, w, who, tmp_path, caplog
 ):
-    assert (await w.post_signed({"CallSid": sid("CA", 2)})).status == 200
-    late_session = await w.openai.session()  # call 2's, whose stream comes later
     response = await w.client.get("/health")  # no signature needed
-    assert (response.status, await response.json()) == (200, health_body("ok", 2))
+    assert (response.status, await response.json()) == (200, health_body("ok", 1))
     w.responses.answering.clear()  # the model takes its time
     draining = asyncio.create_task(bridge.drain(w.app))
-    await logged(caplog, "draining: 2 calls for up to 60 s")
+    await logged(caplog, "draining: 1 call for up to 60 s")
     response = await w.client.get("/health")
-    assert (response.status, await response.json()) == (503, health_body("draining", 2))
+    assert (response.status, await response.json()) == (503, health_body("draining", 1))
     response = await w.post_signed({"CallSid": sid("CA", 9)})
     assert response.status == 503  # Twilio then tries the number's fallback URL
-    late = await w.call()  # call 2's stream: answered before the drain, it connects
-    await call_goes_on(late, late_session)
-    await late.hang_up()
     await call_goes_on(twilio, session)
-    assert len(w.openai.sessions) == 2
+    assert len(w.openai.sessions) == 1
     await logged(caplog, "draining: 1 call left")
     await transcribed(session, "user", "Bye now.")
     if who == "caller":
@@ -2968,7 +2963,7 @@ async def test_a_drain_takes_no_call_and_waits_for_the_calls_and_their_reports(
     await twilio.wait_closed()
     await session.wait_closed()
     await w.responses.request()  # the hang-up is not held up by the report
-    assert w.state.calls == {} and not draining.done()  # its answer is late
+    assert len(w.state.reports) == 1 and w.state.calls == {}  # its answer is late
     w.responses.answering.set()
     await asyncio.wait_for(draining, TIMEOUT)  # over once the last report is written
     assert report_file(tmp_path, twilio)["lead_score"] == 80
@@ -3039,10 +3034,9 @@ GUNICORN = (
 )
 ONE_WORKER = (*GUNICORN[:5], "--workers", "1", *GUNICORN[7:])
 TERM, INT = signal.SIGTERM, signal.SIGINT
-SIGNALS = {  # the command, its DRAIN_SECONDS, the signals sent ("stop": a hang-up)
+SIGNALS = {  # the command, its DRAIN_SECONDS, the signals sent
     "no-drain": ((), "0", [TERM]),
     "at-the-deadline": ((), "1", [TERM]),
-    "the-call-ends-first": ((), "600", [TERM, "stop"]),  # the caller hangs up
     "second-sigterm": ((), "600", [TERM, TERM]),
     "ctrl-c": ((), "600", [TERM, INT]),
     "gunicorn-no-drain": (ONE_WORKER, "0", [TERM]),
@@ -3062,11 +3056,8 @@ async def test_sigterm_hangs_up_the_calls_and_waiting_streams_at_the_drains_end(
         proc.signal(signals[0])
         if drains := signals[0] == TERM and seconds != "0":
             await proc.logged("draining: 1 call for")
-        for then in signals[1:]:  # or at once: at a second signal, or its hang-up
-            if then == "stop":
-                await twilio.send(event="stop", stop={"callSid": twilio.call_sid})
-            else:
-                proc.signal(then)
+        for number in signals[1:]:  # or at once, at a second signal
+            proc.signal(number)
         await twilio.wait_closed()  # a close frame on both sides
         await session.wait_closed()
         # Well before the 10 s that a stream may take to send its `start`.
@@ -3074,6 +3065,27 @@ async def test_sigterm_hangs_up_the_calls_and_waiting_streams_at_the_drains_end(
         await closed
         await proc.logged("all calls ended")
         assert drains or "draining" not in "".join(proc.lines)
+
+
+@async_test
+async def test_sigterm_with_drain_seconds_lets_live_calls_end_on_their_own():
+    async with running_bridge(DRAIN_SECONDS="60") as proc:
+        # A call answered before the SIGTERM, whose stream comes after it.
+        assert await proc.post("/incoming", {"CallSid": sid("CA", 0x1A7E)}) == 200
+        late_session = await proc.openai.session()  # opened at the webhook
+        twilio, session = await proc.answered_call(1)
+        proc.signal(signal.SIGTERM)
+        await proc.logged("draining: 2 calls for up to 60 s")
+        await call_goes_on(twilio, session)  # audio flows both ways
+        assert await proc.post("/incoming", {"CallSid": sid("CA", 2)}) == 503
+        assert await proc.health() == (503, health_body("draining", 2))
+        late = await proc.stream(0x1A7E)
+        await late.start()  # the call answered before the SIGTERM connects
+        await call_goes_on(late, late_session)
+        for caller in (twilio, late):  # the calls end on their own
+            await caller.hang_up()
+        assert await proc.exit_code() == 0
+        await proc.logged("all calls ended")
 
 
 # ---------------------------------------------------------------------------
