@@ -1105,6 +1105,25 @@ async def test_a_running_tool_holds_up_no_audio_and_a_hang_up_cancels_it(
     assert await tool_output(session) == "done"
 
 
+@async_test(shorten={"TOOL_TIMEOUT": 0.1, "MAX_THREADS": 1})
+async def test_plain_tools_that_hang_hold_at_most_max_threads(
+    twilio, session, w, monkeypatch
+):
+    release = threading.Event()  # a backend that hangs, until the test ends
+    monkeypatch.setitem(bridge.TOOLS, "hangs", (release.wait, {}))
+    still_running = "error: hangs failed: RuntimeError: 1 of your functions are still"
+    try:
+        for call_id, expected in [
+            ("c1", "error: hangs took longer"),
+            ("c2", still_running),
+        ]:
+            await call_tool(session, "hangs", "{}", call_id)
+            assert (await tool_output(session, call_id)).startswith(expected)
+    finally:
+        release.set()
+    await call_goes_on(twilio, session)
+
+
 def greet_ada(config, call):  # instructions_for of your own, e.g. from your CRM
     return f"The caller is Ada Lovelace ({call['From']}); greet her by name."
 
