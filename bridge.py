@@ -1,10 +1,10 @@
-# A phone bridge: a Twilio call talks to an OpenAI Realtime voice agent.
+# A phone bridge: a Twilio call talks to an OpenAI voice agent (Realtime or GPT-Live).
 #
-# Twilio posts the call to /incoming. We open the call's OpenAI Realtime WebSocket
-# at once (so the greeting is ready early) and answer with TwiML that opens a Media
-# Stream (a WebSocket of 20 ms mu-law frames) to /media; then two tasks pump the
-# two directions. Both sides speak G.711 mu-law at 8 kHz, so the audio passes
-# through untouched.
+# Twilio posts the call to /incoming. We open the call's OpenAI session at once (so
+# the greeting is ready early) and answer with TwiML that opens a Media Stream (a
+# WebSocket of 20 ms mu-law frames) to /media; then two tasks pump the two
+# directions. Both sides speak G.711 mu-law at 8 kHz, so the audio passes through
+# untouched.
 #
 # What the popular samples get wrong is barge-in. The model sends audio much
 # faster than the caller hears it, so when the caller interrupts, the model must
@@ -23,6 +23,7 @@
 # Talk to it:    open http://localhost:8080/phone   (a browser plays Twilio)
 # Place a call:  python bridge.py call +15551234567   (with the Twilio settings)
 # More cores:    gunicorn 'bridge:create_app()' --worker-class bridge.Worker --workers 2
+#                --graceful-timeout 600   (the README's Deploy says why)
 # Settings are environment variables, each a field of Config below.
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class Config:
         if self.idle_timeout_seconds and self.turn_detection != "server_vad":
             yield "IDLE_TIMEOUT_SECONDS works only with server_vad"
         rest = self.twilio_account_sid and self.twilio_auth_token
-        for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # to call out
+        for name in ("TRANSFER_NUMBER", "RECORD_CALLS", "TWILIO_NUMBER"):  # REST calls
             if getattr(self, name.lower()) and not rest:
                 yield f"{name} needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         if len(self.keywords) > 100 or max(map(len, self.keywords), default=0) > 50:
@@ -260,11 +261,13 @@ REMEMBERED = 20_000
 MAX_ANSWER = 1024 * 1024  # bytes read of an answer from Twilio's or OpenAI's APIs
 DRAIN_REPORT = 60.0  # seconds between the log lines of a drain
 TOOL_TIMEOUT = 10.0  # seconds a tool may run before the model is told it failed
-MAX_THREADS = 100  # plain functions of yours running at once, those given up on too
+MAX_THREADS = 100  # runs of one plain function of yours at once, those given up on too
 REST_TIMEOUT = 10.0  # seconds for an answer from Twilio's REST API
 REPORT_TIMEOUT = 30.0  # seconds for the call report's answer from OpenAI
 PREFLIGHT_TIMEOUT = 5.0  # seconds for the Models API's answers at start-up, in all
-GOODBYE_GRACE = 3.0  # seconds past the goodbye's length to wait for its last mark
+# Seconds past the goodbye's length to wait for its last mark (and at most, on
+# GPT-Live, for its last word).
+GOODBYE_GRACE = 3.0
 LAST_WORD = 0.7  # seconds without a word of GPT-Live's that end what it is saying
 # A renewed session is told the last REPLAY_TURNS turns, REPLAY_BYTES of UTF-8 text
 # at most: recent turns hold what matters (names, what was agreed), every replayed
@@ -306,13 +309,14 @@ class State:
     refusals: Refusals = field(default_factory=lambda: Refusals())
     http: aiohttp.ClientSession | None = None  # every OpenAI and Twilio request
     calls: dict[str, Call] = field(default_factory=dict)  # CallSid -> its Call
-    # CallSids answered and proofs used, once each (first_time()).
+    # CallSids answered, proofs used and /amd verdicts, once each (first_time()).
     remembered: dict[str, None] = field(default_factory=dict)
     waiting: set[asyncio.Task] = field(default_factory=set)  # streams before `start`
     reports: set[asyncio.Task] = field(default_factory=set)  # of calls that ended
     # None while the bridge takes calls. From a SIGTERM on (on_signal), no new
     # calls are taken, and at this loop time the calls left are hung up: now plus
-    # DRAIN_SECONDS, or 0 (hang up now) on Ctrl-C or a second signal.
+    # DRAIN_SECONDS, or 0 (hang up now) on Ctrl-C or a second SIGTERM (gunicorn's
+    # worker ignores that one).
     drain_until: float | None = None
     load: float = 0.0  # % of a core the process used over LOAD_WINDOW (measure_load)
     late: float = 0.0  # seconds the load's timer fired late, at its last look
@@ -566,7 +570,7 @@ def call_proof(token: str, call_sid: str, expires: int = 0, nonce: str = "") -> 
     # used for another call or later, and any instance can check it. What it cannot
     # tell is a replayed *webhook*, which gets a fresh one: see Call.check_live().
     # The nonce: two proofs for a call in one second (a voicemail's new stream's,
-    # right after the webhook's) are two, each used once.
+    # should /amd come within a second of the webhook) are two, each used once.
     expires = expires or int(time.time() + STREAM_WAIT)
     nonce = nonce or secrets.token_hex(8)
     signed = f"{call_sid}:{expires}:{nonce}".encode()
@@ -615,7 +619,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         call = call or begin_call(state, start["callSid"], call_context(parameters))
         call.attach(twilio, start)
         await asyncio.wait([call.task])
-    await close_socket(twilio, state.refusals)  # a call's closed it already
+    await close_socket(twilio, state.refusals)  # unless its call has
     return twilio
 
 
@@ -871,7 +875,7 @@ class Call:
     def __init__(self, state: State, call_sid: str, context: dict) -> None:
         self.state, self.config = state, state.config
         self.call_sid = call_sid
-        self.context = context  # From, To, Direction: for its report
+        self.context = context  # From, To, Direction, Voicemail: what Twilio said
         self.kind = kind_of(context)
         self.instructions = instructions_for(self.config, context)
         self.log = CallLog(call_sid)
@@ -891,7 +895,7 @@ class Call:
         self.turns: list[tuple[str, str]] = []  # (role, text): replays, the report
         self.began = time.monotonic()
         self.speech_stopped_at: float | None = None  # to time the reply
-        self.caller_turns = 0  # each end of the caller's speech, each key pressed
+        self.caller_turns = 0  # each end of the caller's speech, each burst of keys
         self.latencies_ms: list[float] = []
         self.barge_ins = 0
         self.hanging_up = False  # and hung up by the agent once (end_call)
@@ -952,7 +956,8 @@ class Call:
             await close_socket(self.model.socket, self.log)
             opened = greeted = False
         # A refusal (a bad key, a model you may not use) will not change in a
-        # second, but a passing failure may: the stream tries once more.
+        # second, but a passing failure may: the stream tries once more. (Without
+        # GREET_EARLY, a GPT-Live session opens here the first time.)
         if not opened and not self.model.refused:
             opened = await self.model.open()
         if opened and not greeted:  # now that this process has the stream
@@ -1099,7 +1104,7 @@ class Call:
         await self.model.caller_text(f"The caller pressed {keys} on the keypad.")
 
     async def stop_agent(self) -> None:
-        """Keys: the agent stops, and the model is told what the caller heard."""
+        """Keys stop a Realtime agent, and the model is told what the caller heard."""
         await self.model.stop_reply()  # first, so that its reply grows no more
         await self.interrupt()
 
@@ -1142,7 +1147,7 @@ class Call:
     async def interrupt(self) -> None:
         """The caller spoke (or pressed a key): stop the agent's audio at once, and
         tell the model how much of its reply the caller actually heard."""
-        if not self.model.truncates:  # GPT-Live hears the caller and stops itself
+        if not self.model.truncates:  # GPT-Live stops itself (keys: once told them)
             return
         cuts = self.playback.cut()
         if not cuts:
@@ -1156,7 +1161,7 @@ class Call:
     # -- From the model: its voice (above), the caller's turns, tools ----------
 
     async def pump_model(self) -> None:
-        early = 0  # expiries in a row long before OpenAI's hour
+        early = 0  # expiries in a row long before the session's time limit
         while await self.model.pump():  # it expired: a new one, and the caller stays
             began = time.monotonic()
             early = early + 1 if began - self.model.opened_at < SESSION_FLOOR else 0
@@ -1515,7 +1520,9 @@ class Realtime(ModelSession):
         caller said while it opened; False (logged) if it could not be opened."""
         call, config = self.call, self.call.config
         url = f"{config.openai_realtime_url}?model={config.openai_model}"
-        self.responding = False  # a new session has none (a renewed or lost one's)
+        # A new session has neither (those of an expired or lost one): a reply whose
+        # cancel went unanswered must not silence the next.
+        self.responding = self.cancelled = False
         if not await self.connect(url):
             return False
         voicemail = call.kind == "voicemail"
@@ -2166,7 +2173,7 @@ async def close_calls(app: web.Application) -> None:
     """On shutdown, once the drain is over, hang up every call on both sides."""
     state = app[STATE]
     served = state.drain_until is not None  # a signal came (not a failed start)
-    await drain(app)  # at once after a drain; else (a shutdown without a signal) now
+    await drain(app)  # at once after a drain; else (no signal came) it drains now
     if state.calls:
         log.info("shutting down: closing %s", plural(len(state.calls), "call"))
     tasks = [call.task for call in state.calls.values()]
@@ -2275,9 +2282,10 @@ class Worker(GunicornWebWorker):
         if config.report_model:  # the model's answer, then after_call
             after += REPORT_TIMEOUT + TOOL_TIMEOUT
         if config.drain_seconds + after >= self.cfg.graceful_timeout:
-            limit = f"--graceful-timeout ({self.cfg.graceful_timeout:g})"
+            # Named first: with REPORT_MODEL, gunicorn's default 30 s is too short.
+            limit = f"--graceful-timeout ({self.cfg.graceful_timeout:g}) must be above"
             why = "to hang up and report" if config.report_model else "to hang up"
-            fail(f"DRAIN_SECONDS is not allowed: below {limit} less {after:g} s {why}")
+            fail(f"{limit} DRAIN_SECONDS ({config.drain_seconds}) + {after:g} s {why}")
 
     async def handed_runner(self) -> web.AppRunner:
         return self.runner
@@ -2603,7 +2611,7 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return body
 
 
-async def run_bounded(function: Callable, *args: Any, **kwargs: Any) -> Any:
+async def run_bounded(function: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """Run your function (a tool, after_call), plain or async, for TOOL_TIMEOUT."""
     if inspect.iscoroutinefunction(function):
         running = function(*args, **kwargs)
@@ -2633,15 +2641,18 @@ async def contained(running: Any) -> Any:
         raise RuntimeError(f"it raised {exc!r}") from None
 
 
-def in_thread(function: Callable, *args: Any, **kwargs: Any) -> Future:
+def in_thread(function: Callable, /, *args: Any, **kwargs: Any) -> Future:
     # A plain function runs in a daemon thread of its own, so that it cannot block
     # the calls. Not asyncio.to_thread's: those are the threads DNS lookups need, and
     # one that never returns would hold one for good, and the process at exit. Here
     # it is abandoned at TOOL_TIMEOUT, and counted: behind a backend that hangs, each
-    # call would leave one more thread for good.
-    running = sum(thread.name == "your code" for thread in threading.enumerate())
+    # call would leave one more thread for good. Counted by function, so that one
+    # that hangs stops only itself, and the log names it.
+    name = f"your {function.__name__}"  # the thread's
+    running = sum(thread.name == name for thread in threading.enumerate())
     if running >= MAX_THREADS:
-        raise RuntimeError(f"{running} of your functions are still running")
+        why = f"{function.__name__} has not returned from {plural(running, 'run')}"
+        raise RuntimeError(why)
     result: Future = Future()
 
     def work() -> None:
@@ -2651,7 +2662,7 @@ def in_thread(function: Callable, *args: Any, **kwargs: Any) -> Future:
             except BaseException as exc:  # sys.exit() too: contained() turns it
                 result.set_exception(exc)
 
-    threading.Thread(target=work, name="your code", daemon=True).start()
+    threading.Thread(target=work, name=name, daemon=True).start()
     return result
 
 

@@ -1030,6 +1030,7 @@ async def cancels_itself() -> None:
 
 
 TEST_TOOLS = {"lookup": lambda city: {"city": city, "open": True}}
+TEST_TOOLS |= {"named": lambda function: function}  # as run_bounded's parameter
 TEST_TOOLS |= {"broken": broken, "slow": slow}
 TEST_TOOLS |= {"huge": lambda: "x" * 2_000_000, "quits": lambda: sys.exit(3)}
 TEST_TOOLS |= {"quits_async": quits_async, "cancels_itself": cancels_itself}
@@ -1040,6 +1041,7 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
     "name, arguments, expected",
     [
         ("lookup", '{"city": "Oslo"}', '{"city": "Oslo", "open": true}'),  # as JSON
+        ("named", '{"function": "f"}', "f"),
         ("huge", "{}", CUT + "characters more]"),  # cut, with a note
         ("no_such_tool", "{}", "error: there is no tool named 'no_such_tool'"),
         # Not declared without TRANSFER_NUMBER: a model that invents it runs nothing.
@@ -1053,7 +1055,7 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
         ("cancels_itself", "{}", "error: cancels_itself failed: RuntimeError: it"),
     ],
     ids=(
-        "returns-data huge-output unknown undeclared "
+        "returns-data argument-named-function huge-output unknown undeclared "
         "bad-json tool-raises async-raises too-slow quits quits-async cancels-itself"
     ).split(),
 )
@@ -1106,19 +1108,22 @@ async def test_a_running_tool_holds_up_no_audio_and_a_hang_up_cancels_it(
 
 
 @async_test(shorten={"TOOL_TIMEOUT": 0.1, "MAX_THREADS": 1})
-async def test_plain_tools_that_hang_hold_at_most_max_threads(
-    twilio, session, w, monkeypatch
+async def test_a_plain_tool_that_hangs_holds_at_most_max_threads(
+    twilio, session, monkeypatch
 ):
     release = threading.Event()  # a backend that hangs, until the test ends
-    monkeypatch.setitem(bridge.TOOLS, "hangs", (release.wait, {}))
-    still_running = "error: hangs failed: RuntimeError: 1 of your functions are still"
+
+    def hangs() -> None:
+        release.wait()
+
+    monkeypatch.setitem(bridge.TOOLS, "hangs", (hangs, {}))
+    said = "error: hangs failed: RuntimeError: hangs has not returned from 1 run"
     try:
-        for call_id, expected in [
-            ("c1", "error: hangs took longer"),
-            ("c2", still_running),
-        ]:
+        for call_id, expected in [("c1", "error: hangs took longer"), ("c2", said)]:
             await call_tool(session, "hangs", "{}", call_id)
             assert (await tool_output(session, call_id)).startswith(expected)
+        await call_tool(session, "current_time", '{"zone": "UTC"}', "c3")
+        assert "error" not in await tool_output(session, "c3")  # it stops only itself
     finally:
         release.set()
     await call_goes_on(twilio, session)
@@ -1822,6 +1827,23 @@ async def test_a_key_during_a_renewal_asks_nothing_of_the_old_session(
     while (event := await second.next())["type"] != "response.create":
         sent.append(event["type"])
     assert "response.cancel" not in sent and "conversation.item.truncate" not in sent
+
+
+@async_test(shorten={"KEYS_PAUSE": 0.05})
+async def test_a_reply_cancelled_as_its_session_expires_silences_no_later_one(
+    twilio, session, w
+):
+    await session.send(type="response.created", response={"id": "resp_1"})
+    await say(session, "item_menu", "m1")
+    await expect(twilio, "media m1")
+    await twilio.press("5")
+    assert await session.next() == {"type": "response.cancel"}
+    await expire(session)  # before the cancelled reply's response.done
+    second = await w.openai.session()
+    while (await second.next())["type"] != "response.create":
+        pass  # the keys' turn, replayed, and the reply it asks for
+    await say(second, "item_keys", "k1")
+    await expect(twilio, "clear", "media k1")
 
 
 @async_test(shorten={"KEYS_PAUSE": 0.2})
@@ -3216,7 +3238,7 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
         assert "Traceback" not in "".join(workers.lines)
 
 
-BELOW = "DRAIN_SECONDS is not allowed: below --graceful-timeout (60)"
+ABOVE = "--graceful-timeout (60) must be above DRAIN_SECONDS"
 REPORTING_DRAIN = {"DRAIN_SECONDS": "15", "REPORT_MODEL": "gpt-5.4-mini"}
 
 
@@ -3226,8 +3248,8 @@ REPORTING_DRAIN = {"DRAIN_SECONDS": "15", "REPORT_MODEL": "gpt-5.4-mini"}
         ({"VOICE": "Bad"}, "VOICE='Bad' is not allowed"),
         # gunicorn would kill the worker with its calls before their drain is over
         # and hanging up takes time after the drain; with reports, they do too
-        ({"DRAIN_SECONDS": "55"}, f"{BELOW} less 6 s to hang up"),
-        (REPORTING_DRAIN, f"{BELOW} less 46 s to hang up and report"),
+        ({"DRAIN_SECONDS": "55"}, f"{ABOVE} (55) + 6 s to hang up"),
+        (REPORTING_DRAIN, f"{ABOVE} (15) + 46 s to hang up and report"),
     ],
 )
 @async_test
