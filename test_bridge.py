@@ -3866,7 +3866,7 @@ async def test_the_phone_page_is_twilio_to_the_bridge(chromium, tmp_path, caplog
                 while True:
                     event = await session.next_of("input_audio_buffer.append")
                     frames.append((loop.time(), event["audio"]))
-        assert 54 <= len(frames) <= 66  # one per 20 ms
+        assert 48 <= len(frames) <= 72  # one per 20 ms (a busy machine sends bursts)
         assert max(b - a for (a, _), (b, _) in itertools.pairwise(frames)) <= 0.2
         assert {len(base64.b64decode(audio)) for _, audio in frames} == {160}
         loud = [loudness(audio) for _, audio in frames]
