@@ -3186,6 +3186,13 @@ async def test_two_gunicorn_workers_each_carry_calls_and_only_a_streams_greets()
         assert await workers.exit_code() == 0
 
 
+def touched(path: str, workers: Running) -> bool:
+    """Save the file again, until gunicorn's reloader has seen it: its first look,
+    after the worker has booted, may come after an earlier save."""
+    os.utime(path)
+    return any("Worker reloading" in line for line in workers.lines)
+
+
 @pytest.mark.parametrize(
     "how", ["sigterm", "hup", "reload", "max-requests", "its-master-dies"]
 )
@@ -3202,7 +3209,7 @@ async def test_however_gunicorn_retires_a_worker_its_calls_drain_both_ways(how):
         elif how == "hup":  # a reload: a new worker, and the old one retired
             workers.signal(signal.SIGHUP)
         elif how == "reload":  # as an editor saves bridge.py: the worker retires
-            os.utime(BRIDGE)
+            await until(lambda: touched(BRIDGE, workers), "a reload")
         elif how == "max-requests":
             for _ in range(4):  # past --max-requests: gunicorn retires the worker
                 await workers.health()
