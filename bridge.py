@@ -1161,13 +1161,13 @@ class Call:
     # -- From the model: its voice (above), the caller's turns, tools ----------
 
     async def pump_model(self) -> None:
-        early = 0  # expiries in a row long before the session's time limit
+        quick = 0  # expiries in a row long before the session's time limit
         while await self.model.pump():  # it expired: a new one, and the caller stays
             began = time.monotonic()
-            early = early + 1 if began - self.model.opened_at < SESSION_FLOOR else 0
-            if early == EARLY_EXPIRIES:
+            quick = quick + 1 if began - self.model.opened_at < SESSION_FLOOR else 0
+            if quick == EARLY_EXPIRIES:
                 why = "OpenAI's sessions expire at once (%d in a row): hanging up"
-                self.log.warning(why, early)
+                self.log.warning(why, quick)
                 return
             if not await self.model.open():
                 return
@@ -2292,7 +2292,8 @@ class Worker(GunicornWebWorker):
 
     async def drain_then_stop(self) -> None:
         # A draining worker stops listening: the new calls go to the workers that
-        # stay (a reload's new ones), not to a 503 or a drain that cuts them off.
+        # stay (a reload's new ones), not to a 503 or a drain that cuts them off. The
+        # last worker of a stop closes the port: Twilio tries the fallback URL.
         for site in self.runner.sites:
             await site.stop()
         await drain(self.runner.app)
