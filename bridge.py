@@ -1112,8 +1112,9 @@ class Call:
 
     async def send_twilio(self, event: str, **fields: dict) -> None:
         """One of the three messages Twilio takes: media, mark or clear."""
-        message = {"event": event, "streamSid": self.stream.result().sid, **fields}
-        await self.send(self.twilio, message)
+        stream = self.stream.result()
+        message = {"event": event, "streamSid": stream.sid, **fields}
+        await self.send(stream.socket, message)
 
     async def play(self, reply: str, audio: str) -> None:
         """A piece of the agent's voice for the caller, marked each MARK_EVERY_MS."""
@@ -2258,7 +2259,8 @@ class Worker(GunicornWebWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        state, cfg = self.wsgi[STATE], self.cfg
+        state = self.wsgi[STATE]
+        cfg = self.cfg
         self.check_drain(state.config)
         if cfg.workers > 1:  # a webhook and its stream may reach two workers
             state.config = replace(state.config, greet_early=False)
@@ -2649,11 +2651,11 @@ def in_thread(function: Callable, /, *args: Any, **kwargs: Any) -> Future:
     # it is abandoned at TOOL_TIMEOUT, and counted: behind a backend that hangs, each
     # call would leave one more thread for good. Counted by function, so that one
     # that hangs stops only itself, and the log names it.
-    name = f"your {function.__name__}"  # the thread's
+    label = getattr(function, "__name__", "your function")  # a partial has none
+    name = f"bridge: {label}"  # the thread's
     running = sum(thread.name == name for thread in threading.enumerate())
     if running >= MAX_THREADS:
-        why = f"{function.__name__} has not returned from {plural(running, 'run')}"
-        raise RuntimeError(why)
+        raise RuntimeError(f"{label} has not returned from {plural(running, 'run')}")
     result: Future = Future()
 
     def work() -> None:

@@ -1031,6 +1031,7 @@ async def cancels_itself() -> None:
 
 TEST_TOOLS = {"lookup": lambda city: {"city": city, "open": True}}
 TEST_TOOLS |= {"named": lambda function: function}  # as run_bounded's parameter
+TEST_TOOLS |= {"nameless": functools.partial(str.upper, "ok")}  # no __name__
 TEST_TOOLS |= {"broken": broken, "slow": slow}
 TEST_TOOLS |= {"huge": lambda: "x" * 2_000_000, "quits": lambda: sys.exit(3)}
 TEST_TOOLS |= {"quits_async": quits_async, "cancels_itself": cancels_itself}
@@ -1042,6 +1043,7 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
     [
         ("lookup", '{"city": "Oslo"}', '{"city": "Oslo", "open": true}'),  # as JSON
         ("named", '{"function": "f"}', "f"),
+        ("nameless", "{}", "OK"),
         ("huge", "{}", CUT + "characters more]"),  # cut, with a note
         ("no_such_tool", "{}", "error: there is no tool named 'no_such_tool'"),
         # Not declared without TRANSFER_NUMBER: a model that invents it runs nothing.
@@ -1055,7 +1057,7 @@ CUT = "x" * bridge.MAX_TOOL_OUTPUT + f" [cut: {2_000_000 - bridge.MAX_TOOL_OUTPU
         ("cancels_itself", "{}", "error: cancels_itself failed: RuntimeError: it"),
     ],
     ids=(
-        "returns-data argument-named-function huge-output unknown undeclared "
+        "returns-data argument-named-function nameless huge-output unknown undeclared "
         "bad-json tool-raises async-raises too-slow quits quits-async cancels-itself"
     ).split(),
 )
